@@ -1,0 +1,1 @@
+"""ditcache: training-free speedups for Diffusion Transformer sampling."""
