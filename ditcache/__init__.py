@@ -1,1 +1,19 @@
-"""ditcache: training-free speedups for Diffusion Transformer sampling."""
+"""ditcache: training-free speedups for Diffusion Transformer sampling.
+
+The core (this namespace) needs only torch, numpy and tqdm.
+"""
+from .adaptor import DitCacheAdaptor
+from .config import DitCacheConfig, DitCacheSearchConfig
+from .context import dit_cache
+from .steps import timestep_aware
+from .streams import register_block_outputs
+
+__all__ = [
+    "DitCacheAdaptor",
+    "DitCacheConfig",
+    "DitCacheSearchConfig",
+    "dit_cache",
+    "register_block_outputs",
+    "timestep_aware",
+]
+__version__ = "0.1.0"

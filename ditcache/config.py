@@ -1,0 +1,145 @@
+"""Cache and search configurations: validation and JSON round trips.
+
+Every check names the field, the value it got and what is allowed, so a bad
+config fails before any block is patched.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+from ._atomic import atomic_write_text
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def check_int(field: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
+    """Return ``value`` if it is an int (not a bool) within ``[minimum, maximum]``."""
+    allowed = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be {allowed}, got {value!r} ({type(value).__name__})")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{field} must be {allowed}, got {value}")
+    return value
+
+
+def check_number(field: str, value: Any, above: float) -> float:
+    """Return ``value`` as a float if it is a real number strictly above ``above``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} must be a number > {above}, got {value!r} ({type(value).__name__})")
+    if not value > above or value != value or value == float("inf"):
+        raise ValueError(f"{field} must be a finite number > {above}, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DitCacheConfig:
+    """Which blocks are reused on which steps.
+
+    Region: blocks ``cache_block_start .. cache_block_start + cache_num_blocks - 1``.
+    Steps before ``cache_step_start`` run every block; from there on, every
+    ``cache_step_interval``-th step stores the region's residual and the others
+    reuse it. ``num_sampling_steps`` is optional: when set, a run with another
+    number of steps is refused instead of being silently mis-cached.
+    """
+
+    cache_step_start: int
+    cache_step_interval: int
+    cache_block_start: int
+    cache_num_blocks: int
+    num_sampling_steps: Optional[int] = None
+
+    _REQUIRED = ("cache_step_start", "cache_step_interval", "cache_block_start", "cache_num_blocks")
+
+    def __post_init__(self) -> None:
+        check_int("cache_step_start", self.cache_step_start, 0)
+        check_int("cache_step_interval", self.cache_step_interval, 1)
+        check_int("cache_block_start", self.cache_block_start, 0)
+        check_int("cache_num_blocks", self.cache_num_blocks, 1)
+        if self.num_sampling_steps is not None:
+            check_int("num_sampling_steps", self.num_sampling_steps, 1)
+            check_int("cache_step_start", self.cache_step_start, 0, self.num_sampling_steps - 1)
+
+    @property
+    def cache_block_end(self) -> int:
+        """Index of the last block of the region (inclusive)."""
+        return self.cache_block_start + self.cache_num_blocks - 1
+
+    def step_mode(self, step: int) -> str:
+        """``"full"`` (no caching), ``"store"`` or ``"reuse"`` for a step index."""
+        if step < self.cache_step_start:
+            return "full"
+        if (step - self.cache_step_start) % self.cache_step_interval == 0:
+            return "store"
+        return "reuse"
+
+    def to_dict(self) -> Dict[str, int]:
+        """The spec's four keys, plus ``num_sampling_steps`` when it is set."""
+        out = {name: getattr(self, name) for name in self._REQUIRED}
+        if self.num_sampling_steps is not None:
+            out["num_sampling_steps"] = self.num_sampling_steps
+        return out
+
+    def __iter__(self) -> Iterator[Tuple[str, int]]:
+        """Makes ``dict(config)`` work, as the spec's config does."""
+        return iter(self.to_dict().items())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "DitCacheConfig":
+        """Build from a mapping, refusing unknown or missing keys."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source} must be a JSON object / dict, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{source} has unknown keys {unknown}; allowed keys: {known}")
+        missing = [name for name in cls._REQUIRED if name not in data]
+        if missing:
+            raise ValueError(f"{source} is missing keys {missing}; required keys: {list(cls._REQUIRED)}")
+        return cls(**dict(data))
+
+    def save(self, path: PathLike) -> None:
+        """Write the config as JSON atomically (temp file, then rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=4) + "\n")
+
+    @classmethod
+    def load(cls, path: PathLike) -> "DitCacheConfig":
+        """Read and validate a JSON config (the spec's four-key files included)."""
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            raise ValueError(f"cache config file {os.fspath(path)!r} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"cache config file {os.fspath(path)!r} is not valid JSON: {err}") from None
+        return cls.from_dict(data, source=f"cache config file {os.fspath(path)!r}")
+
+
+@dataclass
+class DitCacheSearchConfig:
+    """What the cache search aims for (the spec's fields).
+
+    ``cache_ratio`` is the end-to-end speedup target (any value > 1.0; the
+    search says when it cannot be reached). ``dit_block_num`` is filled in from
+    the model when left ``None``. ``cache_step_interval`` is the largest reuse
+    interval the search may pick. ``num_hidden_states`` is the number of
+    streams a block carries (2 for dual-stream blocks).
+    """
+
+    cache_ratio: float = 1.3
+    dit_block_num: Optional[int] = None
+    num_sampling_steps: Optional[int] = None
+    cache_step_interval: int = 2
+    num_hidden_states: int = 1
+
+    def __post_init__(self) -> None:
+        self.cache_ratio = check_number("cache_ratio", self.cache_ratio, 1.0)
+        if self.dit_block_num is not None:
+            check_int("dit_block_num", self.dit_block_num, 1)
+        if self.num_sampling_steps is None:
+            raise ValueError("num_sampling_steps must be set (an int >= 1, the steps of the runs to search on)")
+        check_int("num_sampling_steps", self.num_sampling_steps, 1)
+        check_int("cache_step_interval", self.cache_step_interval, 2)
+        check_int("num_hidden_states", self.num_hidden_states, 1)

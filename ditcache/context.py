@@ -1,0 +1,29 @@
+"""``with dit_cache(pipeline, config):`` -- the cache for the duration of a block of code."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Dict, Iterator, Optional, Union
+
+from .adaptor import DEFAULT_BLOCK_PATH, DitCacheAdaptor, as_cache_config
+from .config import DitCacheConfig
+
+ConfigLike = Union[DitCacheConfig, Dict[str, Any], str, "os.PathLike[str]", None]
+
+
+@contextlib.contextmanager
+def dit_cache(
+    pipeline: Any, config: ConfigLike, dit_block_path: str = DEFAULT_BLOCK_PATH
+) -> Iterator[DitCacheAdaptor]:
+    """Patch the blocks at ``dit_block_path`` with ``config`` on enter; restore them on exit.
+
+    ``config`` may be a :class:`DitCacheConfig`, a dict of its fields, a path to
+    a JSON file, or ``None`` (patched, caching off). Everything is checked
+    before any block is touched, and the blocks and the scheduler are restored
+    exactly on exit, also when the body raises.
+    """
+    adaptor = DitCacheAdaptor(pipeline, as_cache_config(config), dit_block_path)
+    try:
+        yield adaptor
+    finally:
+        adaptor.remove()
