@@ -1,0 +1,76 @@
+"""Wall-clock timing that is honest on accelerators: synchronise before reading the clock."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+def synchronize(device: Optional[torch.device] = None) -> None:
+    """Wait for queued work on ``device`` (cuda, npu, xpu, mps...); a no-op on the CPU."""
+    if device is None or device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    if backend is not None and hasattr(backend, "synchronize"):
+        backend.synchronize()
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without any)."""
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> float:
+    """Seconds taken by ``fn()``, with the device synchronised on both sides."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class BlockTimer:
+    """Time spent inside each block of a list, summed over the calls it sees.
+
+    Forward pre/post hooks read the clock (synchronising the device), so the
+    time of block ``i`` is what a caller waits for it; everything else in a run
+    is the "rest". Use as a context manager around one or more runs.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+        self.blocks = list(blocks)
+        self.seconds: List[float] = [0.0] * len(self.blocks)
+        self.calls: List[int] = [0] * len(self.blocks)
+        self._device = module_device(self.blocks[0])
+        self._handles: List[Any] = []
+        self._started: List[float] = [0.0] * len(self.blocks)
+
+    def __enter__(self) -> "BlockTimer":
+        for i, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_pre_hook(self._pre(i)))
+            self._handles.append(block.register_forward_hook(self._post(i)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre(self, index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            synchronize(self._device)
+            self._started[index] = time.perf_counter()
+
+        return hook
+
+    def _post(self, index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            synchronize(self._device)
+            self.seconds[index] += time.perf_counter() - self._started[index]
+            self.calls[index] += 1
+
+        return hook
