@@ -23,6 +23,7 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
+from .shapes import MIN_SIZE
 from .text import ShapesTextEncoder, ShapesTokenizer
 from .transformer import ShapesT2V
 
@@ -121,10 +122,6 @@ class ShapesPipeline:
     def device(self) -> torch.device:
         return self.transformer.device
 
-    def set_scheduler(self, name: str) -> None:
-        """Swap the sampler, keeping the noise schedule."""
-        self.scheduler = make_scheduler(name, {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")})
-
     # -- latent space hooks -----------------------------------------------------------------------
     def encode_videos(self, videos: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """uint8 (B, T, H, W, C) videos -> latents on the pipeline's device."""
@@ -146,8 +143,8 @@ class ShapesPipeline:
         if num_frames < 2 or num_frames % cfg.patch_size_t:
             raise ValueError(f"num_frames={num_frames} is invalid: must be >= 2 and a multiple of {cfg.patch_size_t}")
         for name, value in (("height", height), ("width", width)):
-            if value < 32 or value % cfg.patch_size:
-                raise ValueError(f"{name}={value} is invalid: must be >= 32 and a multiple of {cfg.patch_size}")
+            if value < MIN_SIZE or value % cfg.patch_size:
+                raise ValueError(f"{name}={value} is invalid: must be >= {MIN_SIZE} and a multiple of {cfg.patch_size}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps={num_inference_steps} is invalid: must be >= 1")
         if guidance_scale < 1.0:

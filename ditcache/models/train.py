@@ -15,7 +15,7 @@ Choices, and why:
   length is set by wall time, so the schedule must not depend on a planned number of steps.
 - 10% caption dropout (empty prompt) so classifier-free guidance works.
 - Every random draw comes from generators whose state is checkpointed, so ``--resume`` continues
-  exactly where the run stopped.
+  exactly where the run stopped (bit for bit when given the same ``--threads``).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def build_models(args: argparse.Namespace) -> torch.nn.ModuleDict:
         caption_channels=args.text_dim,
         ff_inner_dim=args.ff_inner,
     )
-    # Start as an identity-free predictor (zero output), as DiT/PixArt do, for a stable start.
+    # Zero-initialised output projection, as DiT and PixArt do: training starts from a zero prediction.
     torch.nn.init.zeros_(transformer.proj_out.weight)
     torch.nn.init.zeros_(transformer.proj_out.bias)
     text_encoder = ShapesTextEncoder(dim=args.text_dim)
