@@ -148,6 +148,7 @@ class DitCacheAdaptor:
         self._state = _PassState()
         self._saved_forwards: List[Any] = []
         self._restore_scheduler: Optional[Callable[[], None]] = None
+        self.last_search: Any = None
 
         for i, block in enumerate(blocks):
             self._saved_forwards.append(block.__dict__.get("forward", _MISSING))
@@ -188,6 +189,22 @@ class DitCacheAdaptor:
                 num_sampling_steps=num_sampling_steps,
             )
         )
+
+    def search(self, run_pipeline_and_save_videos: Callable[[Any], List[Any]], prompts_num: int = 1) -> DitCacheConfig:
+        """Find the config that best meets the search config's goal (see :mod:`ditcache.search`).
+
+        ``run_pipeline_and_save_videos(pipeline)`` must return a list of
+        ``prompts_num`` uint8 arrays ``(frames, h, w, c)``, the same videos
+        every call. The full report (every candidate run) is kept in
+        :attr:`last_search`.
+        """
+        from .search import CacheSearch
+
+        if self.search_config is None:
+            raise ValueError("search needs a DitCacheSearchConfig: DitCacheAdaptor(pipeline, DitCacheSearchConfig(...))")
+        self._check_attached()
+        self.last_search = CacheSearch(self, self.search_config).run(run_pipeline_and_save_videos, prompts_num)
+        return self.last_search.config
 
     # --- beyond the spec --------------------------------------------------------------
 

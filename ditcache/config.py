@@ -119,27 +119,56 @@ class DitCacheConfig:
 
 @dataclass
 class DitCacheSearchConfig:
-    """What the cache search aims for (the spec's fields).
+    """What the cache search aims for.
 
-    ``cache_ratio`` is the end-to-end speedup target (any value > 1.0; the
-    search says when it cannot be reached). ``dit_block_num`` is filled in from
-    the model when left ``None``. ``cache_step_interval`` is the largest reuse
-    interval the search may pick. ``num_hidden_states`` is the number of
-    streams a block carries (2 for dual-stream blocks).
+    The spec's fields: ``cache_ratio`` is the end-to-end speedup target (any
+    value > 1.0; the search says when it cannot be reached); ``dit_block_num``
+    is filled in from the model when left ``None``; ``num_sampling_steps`` must
+    match the runs searched on; ``cache_step_interval`` is the largest reuse
+    interval the search tries (it tries every interval from 2 up to it);
+    ``num_hidden_states`` is the number of streams a block carries (checked
+    against what the blocks return).
+
+    Beyond the spec: ``min_psnr`` switches the goal to a quality floor (the
+    fastest config whose PSNR against the uncached videos stays at or above
+    it); ``candidates_to_run`` is how many top-ranked configs are run for real
+    for a speedup target; ``speed_margin`` is the headroom over the target a
+    candidate's predicted speedup needs, against timing noise; ``journal_dir``
+    makes the search resumable.
     """
 
     cache_ratio: float = 1.3
     dit_block_num: Optional[int] = None
     num_sampling_steps: Optional[int] = None
-    cache_step_interval: int = 2
+    cache_step_interval: int = 4
     num_hidden_states: int = 1
+    min_psnr: Optional[float] = None
+    candidates_to_run: int = 3
+    speed_margin: float = 0.02
+    journal_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.cache_ratio = check_number("cache_ratio", self.cache_ratio, 1.0)
         if self.dit_block_num is not None:
             check_int("dit_block_num", self.dit_block_num, 1)
         if self.num_sampling_steps is None:
-            raise ValueError("num_sampling_steps must be set (an int >= 1, the steps of the runs to search on)")
-        check_int("num_sampling_steps", self.num_sampling_steps, 1)
+            raise ValueError("num_sampling_steps must be set (an int >= 2, the steps of the runs to search on)")
+        check_int("num_sampling_steps", self.num_sampling_steps, 2)
         check_int("cache_step_interval", self.cache_step_interval, 2)
         check_int("num_hidden_states", self.num_hidden_states, 1)
+        if self.min_psnr is not None:
+            self.min_psnr = check_number("min_psnr", self.min_psnr, 0.0)
+        check_int("candidates_to_run", self.candidates_to_run, 1)
+        if isinstance(self.speed_margin, bool) or not isinstance(self.speed_margin, (int, float)) or not (
+            0.0 <= self.speed_margin < 1.0
+        ):
+            raise ValueError(f"speed_margin must be a number in [0, 1), got {self.speed_margin!r}")
+        if self.journal_dir is not None and not isinstance(self.journal_dir, (str, os.PathLike)):
+            raise ValueError(f"journal_dir must be a path or None, got {type(self.journal_dir).__name__}")
+
+    @property
+    def goal(self) -> str:
+        """A readable statement of what the search aims for."""
+        if self.min_psnr is not None:
+            return f"fastest config with PSNR >= {self.min_psnr:g} dB"
+        return f"best quality at >= {self.cache_ratio:g}x measured speedup"

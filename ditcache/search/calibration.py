@@ -1,0 +1,209 @@
+"""The calibration run: reference videos, measured block times, and sketches of block boundaries.
+
+One uncached run of the user's callable yields everything the search needs to
+rank candidates without running them:
+
+* the time of every block and of the rest of the run (wall clock, device
+  synchronised), with the time spent recording statistics subtracted;
+* the time of the add / subtract the cache does per forward pass, measured on
+  the real tensors;
+* at every step, a *sketch* of each block's input and output: a fixed random
+  subset of token rows times a fixed random projection of the channels. A
+  sketch is linear, so the sketch of a region's residual ``out_e - in_s`` is
+  the difference of two sketches, and its norm estimates the full one's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import steps
+from ..streams import BlockStreams, block_streams
+from ..timing import BlockTimer, module_device, synchronize
+
+SKETCH_FLOATS = 32768  # floats kept per block boundary, per step and forward pass
+MAX_SKETCH_ROWS = 1024
+
+
+@dataclass
+class Calibration:
+    """What the calibration run measured. Tensors are on the CPU."""
+
+    videos: List[np.ndarray]
+    full_seconds: float  # the run without our instrumentation
+    block_seconds: List[float]  # per block, summed over the run
+    op_seconds: float  # one add (or subtract) of the cached streams, per forward pass
+    num_steps: int
+    passes: int  # forward passes over the blocks per step, summed over the callable's runs
+    block_in: torch.Tensor  # (passes, steps, blocks, m): sketches of block inputs
+    block_out: torch.Tensor  # (passes, steps, blocks, m): sketches of block outputs
+    calls: int = field(default=1)  # full runs this cost
+
+    @property
+    def rest_seconds(self) -> float:
+        return self.full_seconds - sum(self.block_seconds)
+
+    def rebase(self, clean_seconds: float) -> None:
+        """Take the faster of this run and a clean uncached one as the time to beat.
+
+        Block times are scaled with it, so warm-up in the first run does not
+        inflate the predicted savings.
+        """
+        base = min(self.full_seconds, clean_seconds)
+        self.block_seconds = [seconds * base / self.full_seconds for seconds in self.block_seconds]
+        self.full_seconds = base
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**self.__dict__, "videos": [torch.from_numpy(v) for v in self.videos]}
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, Any]) -> "Calibration":
+        return cls(**{**state, "videos": [v.numpy() for v in state["videos"]]})
+
+
+class _Sketcher:
+    """Fixed random row subsets and channel projections, one per tensor shape."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._seed = seed
+        self._plans: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        rows = tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(-1, 1)
+        key = (rows.shape[0], rows.shape[1])
+        if key not in self._plans:
+            generator = torch.Generator().manual_seed(self._seed + 7919 * key[0] + key[1])
+            count = min(key[0], MAX_SKETCH_ROWS)
+            index = torch.randperm(key[0], generator=generator)[:count].sort().values
+            width = min(key[1], max(4, SKETCH_FLOATS // count))
+            projection = torch.randn(key[1], width, generator=generator, dtype=torch.float64) / width ** 0.5
+            self._plans[key] = (index.to(rows.device), projection.to(rows.device, torch.float32))
+        index, projection = self._plans[key]
+        return (rows.index_select(0, index).float() @ projection).reshape(-1).cpu()
+
+
+class CalibrationRecorder:
+    """Hooks on every block that time them and sketch their inputs and outputs.
+
+    Use as a context manager around the uncached calibration run.
+    """
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        self.blocks = blocks
+        self.timer = BlockTimer(blocks)
+        self.device = module_device(blocks[0])
+        self._sketch = _Sketcher()
+        self._streams: List[Optional[BlockStreams]] = [None] * len(blocks)
+        self._handles: List[Any] = []
+        self.instrument_seconds = 0.0
+        self.op_seconds: Optional[float] = None
+        # (run id, pass within step) -> step -> block -> (in sketch, out sketch)
+        self._records: Dict[Tuple[int, int], Dict[int, Dict[int, Tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self._pass_of_step: Dict[Tuple[int, int], int] = {}
+        self._current: Optional[Tuple[int, int]] = None
+
+    def __enter__(self) -> "CalibrationRecorder":
+        self.timer.__enter__()  # its post-hooks run before ours, so our work is not billed to the blocks
+        for i, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_hook(self._hook(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.timer.__exit__(*exc)
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
+            started = time.perf_counter()
+            self._record(index, module, args, kwargs, output)
+            synchronize(self.device)
+            self.instrument_seconds += time.perf_counter() - started
+
+        return hook
+
+    def _record(self, index: int, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
+        step = steps.current_step()
+        if step is None:
+            raise ValueError(
+                "the search cannot tell the denoising step: give the pipeline a `scheduler`, decorate the loop "
+                "with @timestep_aware, or call DitCacheAdaptor.set_timestep_idx(i) every step"
+            )
+        run = steps.current_run()
+        if index == 0:
+            key = (run, step)
+            pass_index = self._pass_of_step.get(key, 0)
+            self._pass_of_step[key] = pass_index + 1
+            self._current = (run, pass_index)
+        streams = self._streams[index]
+        if streams is None:
+            streams = self._streams[index] = block_streams(module, args, kwargs, output)
+        inputs = streams.inputs(args, kwargs)
+        outputs = streams.unpack(output)
+        sketch_in = torch.cat([self._sketch(inputs[name]) for name in streams.names])
+        sketch_out = torch.cat([self._sketch(outputs[name]) for name in streams.names])
+        self._records.setdefault(self._current, {}).setdefault(step, {})[index] = (sketch_in, sketch_out)
+        if self.op_seconds is None and index == len(self.blocks) - 1:
+            self.op_seconds = self._time_op(inputs, outputs, streams.names)
+
+    def _time_op(self, inputs: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor], names) -> float:
+        """Median time of the cache's per-pass arithmetic (one add per stream) on real tensors."""
+        samples = []
+        for _ in range(5):
+            synchronize(self.device)
+            started = time.perf_counter()
+            for name in names:
+                outputs[name] - inputs[name]
+            synchronize(self.device)
+            samples.append(time.perf_counter() - started)
+        return float(np.median(samples))
+
+    def stream_names(self) -> Tuple[str, ...]:
+        """The streams the first block carries (known once it has run)."""
+        if self._streams[0] is None:
+            raise ValueError("the calibration run never called the blocks: does the callable run the pipeline?")
+        return self._streams[0].names
+
+    def result(self, videos: List[np.ndarray], run_seconds: float, num_steps: int) -> Calibration:
+        """Assemble the measurements once the run is over."""
+        if not self._records:
+            raise ValueError("the calibration run never called the blocks: does the callable run the pipeline?")
+        num_blocks = len(self.blocks)
+        trajectories = []
+        for key, by_step in sorted(self._records.items()):
+            if sorted(by_step) != list(range(num_steps)):
+                raise ValueError(
+                    f"the calibration run made {len(by_step)} denoising steps (seen: {min(by_step)}..{max(by_step)}), "
+                    f"but num_sampling_steps={num_steps}; set num_sampling_steps to the steps the callable runs"
+                )
+            for step, by_block in by_step.items():
+                if len(by_block) != num_blocks:
+                    raise ValueError(
+                        f"step {step} of the calibration run called {len(by_block)} of the {num_blocks} blocks; "
+                        "the cache search needs every block called once per forward pass"
+                    )
+            trajectories.append(key)
+        sketch_in = torch.stack([
+            torch.stack([torch.stack([self._records[k][t][b][0] for b in range(num_blocks)]) for t in range(num_steps)])
+            for k in trajectories
+        ])
+        sketch_out = torch.stack([
+            torch.stack([torch.stack([self._records[k][t][b][1] for b in range(num_blocks)]) for t in range(num_steps)])
+            for k in trajectories
+        ])
+        return Calibration(
+            videos=videos,
+            full_seconds=run_seconds - self.instrument_seconds,
+            block_seconds=list(self.timer.seconds),
+            op_seconds=self.op_seconds or 0.0,
+            num_steps=num_steps,
+            passes=len(trajectories),
+            block_in=sketch_in,
+            block_out=sketch_out,
+        )

@@ -1,0 +1,289 @@
+"""The cache search: calibrate once, rank every config, run only the best few for real.
+
+1. One uncached run of the user's callable gives the reference videos (kept in
+   memory as decoded uint8 frames) and the measurements of
+   :mod:`ditcache.search.calibration`.
+2. Every config (all four knobs) gets a predicted speedup and a predicted error
+   (:mod:`ditcache.search.candidates`).
+3. For a speedup target, the few best-ranked configs predicted to reach it are
+   run for real, scored by PSNR / SSIM / MSE against the references, and timed;
+   the best one whose *measured* speedup meets the target wins. For a quality
+   floor, the predicted Pareto front is bisected with real runs for the fastest
+   config that stays above it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..config import DitCacheConfig, DitCacheSearchConfig
+from ..metrics import check_video, compare_videos
+from ..timing import module_device, synchronize
+from .calibration import Calibration, CalibrationRecorder
+from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
+from .journal import Journal
+from .report import SearchReport, logger
+
+RunVideos = Callable[[Any], List[np.ndarray]]
+NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
+
+
+def _is_rank_zero() -> bool:
+    try:
+        import torch.distributed as dist
+
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    except Exception:  # pragma: no cover - a broken distributed setup is not ours to report here
+        return True
+
+
+def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
+    """The callable's return, checked: a list of uint8 (frames, h, w, c) arrays matching the calibration."""
+    if not isinstance(videos, list):
+        raise ValueError(
+            f"run_pipeline_and_save_videos must return a list of numpy arrays, got {type(videos).__name__}; "
+            "return e.g. [video for video in output.images] with each video a uint8 (frames, h, w, c) array"
+        )
+    for i, video in enumerate(videos):
+        check_video(video, f"video {i} returned by run_pipeline_and_save_videos")
+    if len(videos) != prompts_num:
+        raise ValueError(f"run_pipeline_and_save_videos returned {len(videos)} videos, expected prompts_num={prompts_num}")
+    if expected is not None:
+        for i, (video, reference) in enumerate(zip(videos, expected)):
+            if video.shape != reference.shape:
+                raise ValueError(
+                    f"video {i} has shape {video.shape}, but the calibration run gave {reference.shape}; "
+                    "the callable must make the same videos every time"
+                )
+    return videos
+
+
+class CacheSearch:
+    """Runs one search over the blocks of an attached :class:`~ditcache.DitCacheAdaptor`."""
+
+    def __init__(self, adaptor: Any, config: DitCacheSearchConfig) -> None:
+        self.adaptor = adaptor
+        self.config = config
+        self.device = module_device(adaptor.blocks[0])
+        self.full_runs = 0
+        self.resumed = 0
+        self.journal: Optional[Journal] = None
+        self.calibration: Optional[Calibration] = None
+        self._show = _is_rank_zero()
+
+    def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
+        if not callable(run_videos):
+            raise ValueError(f"run_pipeline_and_save_videos must be callable, got {type(run_videos).__name__}")
+        if isinstance(prompts_num, bool) or not isinstance(prompts_num, int) or prompts_num < 1:
+            raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
+        started = time.perf_counter()
+        self.journal = Journal(
+            None if self.config.journal_dir is None else str(self.config.journal_dir),
+            {
+                "blocks": len(self.adaptor.blocks),
+                "num_sampling_steps": self.config.num_sampling_steps,
+                "prompts_num": prompts_num,
+            },
+        )
+        saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
+        try:
+            self.calibration = self._calibrate(run_videos, prompts_num)
+            candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval)
+            if self.config.min_psnr is None:
+                chosen = self._for_speedup(candidates, run_videos, prompts_num)
+            else:
+                chosen = self._for_quality(candidates, run_videos, prompts_num)
+        finally:
+            self.adaptor.set_cache_config(saved_config)
+            if not saved_enabled:
+                self.adaptor.disable()
+        report = SearchReport(
+            goal=self.config.goal,
+            config=DitCacheConfig.from_dict(chosen["config"]),
+            chosen=chosen,
+            runs=list(self.journal.runs.values()),
+            full_runs=self.full_runs,
+            resumed_runs=self.resumed,
+            seconds=time.perf_counter() - started,
+            calibration={
+                "seconds": self.calibration.full_seconds,
+                "block_share": sum(self.calibration.block_seconds) / self.calibration.full_seconds,
+                "block_seconds": self.calibration.block_seconds,
+                "candidates_ranked": len(candidates),
+            },
+        )
+        if self._show:
+            logger.info("search done: %s", report.summary())
+        return report
+
+    # --- calibration -------------------------------------------------------------------
+
+    def _calibrate(self, run_videos: RunVideos, prompts_num: int) -> Calibration:
+        """The instrumented uncached run, then a clean one for timing and a determinism check."""
+        calibration = self.journal.load_calibration()
+        if calibration is not None:
+            self.resumed += calibration.calls
+            self.full_runs += calibration.calls
+            return calibration
+        self.adaptor.disable()
+        with CalibrationRecorder(self.adaptor.blocks) as recorder:
+            videos, seconds = self._timed(run_videos)
+        videos = check_videos(videos, None, prompts_num)
+        streams = recorder.stream_names()
+        if self.config.num_hidden_states != len(streams):
+            raise ValueError(
+                f"num_hidden_states={self.config.num_hidden_states}, but the blocks carry {len(streams)} "
+                f"streams {list(streams)}"
+            )
+        calibration = recorder.result([v.copy() for v in videos], seconds, self.config.num_sampling_steps)
+        # The first run pays for warm-up and the recording; a clean second run gives the time to beat
+        # and shows whether the callable makes the same videos every time.
+        again, clean_seconds = self._timed(run_videos)
+        again = check_videos(again, calibration.videos, prompts_num)
+        self._check_deterministic(again, calibration.videos)
+        calibration.rebase(clean_seconds)
+        calibration.calls = 2
+        self.full_runs += 2
+        self.journal.save_calibration(calibration)
+        if self._show:
+            logger.info(
+                "calibration: %.2f s a run, blocks %.1f%% of it, %d forward passes per step",
+                calibration.full_seconds, 100 * sum(calibration.block_seconds) / calibration.full_seconds,
+                calibration.passes,
+            )
+        return calibration
+
+    @staticmethod
+    def _check_deterministic(videos: List[np.ndarray], references: List[np.ndarray]) -> None:
+        errors = [float(np.mean((v.astype(np.float64) - r) ** 2)) for v, r in zip(videos, references)]
+        worst = max(errors)
+        if worst == 0:
+            return
+        psnr = 10 * np.log10(255.0 ** 2 / worst)
+        if psnr < NONDETERMINISM_FLOOR_DB:
+            raise ValueError(
+                f"run_pipeline_and_save_videos made different videos in two uncached runs (PSNR {psnr:.1f} dB "
+                "between them): fix its seeds (e.g. a torch.Generator per prompt) so the search compares like "
+                "with like"
+            )
+        logger.warning("two uncached runs differ slightly (PSNR %.1f dB): quality figures above it are noise", psnr)
+
+    def _timed(self, run_videos: RunVideos):
+        synchronize(self.device)
+        started = time.perf_counter()
+        videos = run_videos(self.adaptor.pipeline)
+        synchronize(self.device)
+        return videos, time.perf_counter() - started
+
+    # --- candidate runs ----------------------------------------------------------------
+
+    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+        key = candidate.key()
+        if key in self.journal.runs:
+            self.resumed += 1
+            self.full_runs += 1
+            return self.journal.runs[key]
+        self.adaptor.set_cache_config(candidate.config)
+        videos, seconds = self._timed(run_videos)
+        videos = check_videos(videos, self.calibration.videos, prompts_num)
+        scores = compare_videos(videos, self.calibration.videos)
+        record = {
+            "key": key,
+            "config": candidate.config.to_dict(),
+            "predicted_speedup": candidate.predicted_speedup,
+            "proxy": candidate.proxy,
+            "seconds": seconds,
+            "measured_speedup": self.calibration.full_seconds / seconds,
+            **scores,
+        }
+        self.full_runs += 1
+        self.journal.add_run(record)
+        if self._show:
+            logger.info(
+                "candidate %s: predicted %.3fx, measured %.3fx, PSNR %.2f dB, SSIM %.4f, MSE %.3f",
+                key, record["predicted_speedup"], record["measured_speedup"], record["psnr"], record["ssim"],
+                record["mse"],
+            )
+        return record
+
+    def _progress(self, total: int, description: str):
+        return tqdm(total=total, desc=description, disable=not self._show, leave=False)
+
+    def _for_speedup(self, candidates: List[Candidate], run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+        target = self.config.cache_ratio
+        fastest = max(c.predicted_speedup for c in candidates)
+        if fastest < target:
+            raise ValueError(
+                f"cache_ratio={target:g} cannot be reached on this model and setting: the fastest config "
+                f"({self._describe(max(candidates, key=lambda c: c.predicted_speedup))}) is predicted at "
+                f"{fastest:.3f}x from measured block times; ask for at most {fastest:.2f}"
+            )
+        aim = min(target * (1 + self.config.speed_margin), fastest)
+        tried: List[Dict[str, Any]] = []
+        for _ in range(3):  # re-aim higher if timing noise left every pick short of the target
+            picks = [c for c in best_for_target(candidates, aim, self.config.candidates_to_run)]
+            with self._progress(len(picks), f"search >= {target:g}x") as bar:
+                for candidate in picks:
+                    tried.append(self._evaluate(candidate, run_videos, prompts_num))
+                    bar.update()
+            meeting = [r for r in tried if r["measured_speedup"] >= target]
+            if meeting:
+                return max(meeting, key=lambda r: (r["psnr"], r["ssim"]))
+            shortfall = target / max(r["measured_speedup"] / r["predicted_speedup"] for r in tried)
+            if aim >= fastest:
+                break
+            aim = min(max(shortfall, aim * 1.02), fastest)
+        best = max(r["measured_speedup"] for r in tried)
+        raise ValueError(
+            f"cache_ratio={target:g} was not reached as measured: the best measured speedup was {best:.3f}x "
+            f"(predictions were off by timing noise or overheads); ask for at most {best:.2f}"
+        )
+
+    def _for_quality(self, candidates: List[Candidate], run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+        floor = self.config.min_psnr
+        front = _thin(pareto_front(candidates), step=0.02)
+        low, high = 0, len(front) - 1
+        best: Optional[Dict[str, Any]] = None
+        seen: List[Dict[str, Any]] = []
+        with self._progress(max(1, int(np.ceil(np.log2(len(front) + 1)))), f"search PSNR >= {floor:g} dB") as bar:
+            while low <= high:
+                middle = (low + high) // 2
+                record = self._evaluate(front[middle], run_videos, prompts_num)
+                seen.append(record)
+                bar.update()
+                if record["psnr"] >= floor:
+                    if best is None or record["measured_speedup"] > best["measured_speedup"]:
+                        best = record
+                    low = middle + 1
+                else:
+                    high = middle - 1
+        if best is None:
+            top = max(seen, key=lambda r: r["psnr"])
+            raise ValueError(
+                f"min_psnr={floor:g} dB cannot be reached with any caching on this model and setting: the "
+                f"least aggressive config tried ({top['key']}, {top['measured_speedup']:.3f}x) gave "
+                f"{top['psnr']:.2f} dB; ask for at most {np.floor(top['psnr'] * 10) / 10:.1f}"
+            )
+        return best
+
+    @staticmethod
+    def _describe(candidate: Candidate) -> str:
+        c = candidate.config
+        return (
+            f"blocks {c.cache_block_start}..{c.cache_block_end}, from step {c.cache_step_start}, "
+            f"interval {c.cache_step_interval}"
+        )
+
+
+def _thin(front: List[Candidate], step: float) -> List[Candidate]:
+    """Keep front points at least ``step`` (relative) apart in predicted speedup, the lowest proxy of each."""
+    kept: List[Candidate] = []
+    for candidate in front:  # slowest first, proxy increasing
+        if kept and candidate.predicted_speedup < kept[-1].predicted_speedup * (1 + step):
+            continue
+        kept.append(candidate)
+    return kept

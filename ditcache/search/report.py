@@ -1,0 +1,106 @@
+"""What a search did: the table of every candidate run, saved as JSON, and a plot."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .._atomic import atomic_write, atomic_write_text
+from ..config import DitCacheConfig
+
+logger = logging.getLogger("ditcache.search")
+
+COLUMNS = ("block_start", "num_blocks", "step_start", "interval", "predicted", "measured", "psnr", "ssim", "mse")
+
+
+@dataclass
+class SearchReport:
+    """The chosen config and every run the search made to choose it."""
+
+    goal: str
+    config: DitCacheConfig
+    chosen: Dict[str, Any]
+    runs: List[Dict[str, Any]]
+    full_runs: int  # pipeline runs over all prompts, calibration included
+    resumed_runs: int  # runs read back from the journal instead of being made again
+    seconds: float
+    calibration: Dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A markdown table of every candidate run, the chosen one marked."""
+        lines = [
+            "| block start | blocks | step start | interval | predicted | measured | PSNR dB | SSIM | MSE | |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for run in sorted(self.runs, key=lambda r: r["measured_speedup"]):
+            c = run["config"]
+            mark = "chosen" if run["key"] == self.chosen["key"] else ""
+            lines.append(
+                f"| {c['cache_block_start']} | {c['cache_num_blocks']} | {c['cache_step_start']} | "
+                f"{c['cache_step_interval']} | {run['predicted_speedup']:.3f}x | {run['measured_speedup']:.3f}x | "
+                f"{_fmt(run['psnr'])} | {run['ssim']:.4f} | {run['mse']:.3f} | {mark} |"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return (
+            f"{self.goal}: chose {self.config.to_dict()} -- measured {self.chosen['measured_speedup']:.3f}x, "
+            f"PSNR {_fmt(self.chosen['psnr'])} dB, SSIM {self.chosen['ssim']:.4f}; "
+            f"{self.full_runs} full runs ({self.resumed_runs} read from the journal), {self.seconds:.1f} s"
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "goal": self.goal,
+            "config": self.config.to_dict(),
+            "chosen": self.chosen,
+            "full_runs": self.full_runs,
+            "resumed_runs": self.resumed_runs,
+            "seconds": self.seconds,
+            "calibration": self.calibration,
+            "runs": self.runs,
+        }
+
+    def save(self, config_path: str) -> List[str]:
+        """Write the config, ``<stem>.search.json`` and ``<stem>.search.png`` (if matplotlib is there)."""
+        stem = os.path.splitext(config_path)[0]
+        self.config.save(config_path)
+        written = [config_path, stem + ".search.json"]
+        atomic_write_text(written[1], json.dumps(self.to_dict(), indent=2) + "\n")
+        if self.plot(stem + ".search.png"):
+            written.append(stem + ".search.png")
+        return written
+
+    def plot(self, path: str) -> bool:
+        """PSNR against measured speedup of every candidate run; False when matplotlib is missing."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            logger.warning("matplotlib is not installed: no plot (pip install 'ditcache[metrics]')")
+            return False
+        figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
+        finite = [r for r in self.runs if math.isfinite(r["psnr"])]
+        axis.scatter([r["measured_speedup"] for r in finite], [r["psnr"] for r in finite], label="candidates")
+        if math.isfinite(self.chosen["psnr"]):
+            axis.scatter([self.chosen["measured_speedup"]], [self.chosen["psnr"]], color="red", marker="*", s=160,
+                         label="chosen")
+        axis.set_xlabel("measured speedup (x)")
+        axis.set_ylabel("PSNR vs uncached (dB)")
+        axis.set_title(self.goal)
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+        plt.close(figure)
+        return True
+
+
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.2f}"
+

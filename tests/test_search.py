@@ -1,0 +1,191 @@
+"""The cache search on a real (small) model and sampling loop: goals, errors, resume, report."""
+import json
+import statistics
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from ditcache import DitCacheAdaptor, DitCacheSearchConfig, dit_cache
+from ditcache.metrics import compare_videos
+from toy import ToyPipeline
+
+STEPS = 16
+
+
+def make_pipeline():
+    pipe = ToyPipeline(DDIMScheduler(), num_blocks=8)
+    for block in pipe.transformer.transformer_blocks:  # a wider model, so blocks dominate the step
+        block.mlp[0] = torch.nn.Linear(16, 512)
+        block.mlp[2] = torch.nn.Linear(512, 16)
+    return pipe
+
+
+def to_video(latents):
+    return ((latents.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).reshape(4, 8, 8, 4).numpy()
+
+
+class Calls:
+    """The user's callable: two prompts (seeds), each a video; counts its calls."""
+
+    def __init__(self, fail_on=None):
+        self.count = 0
+        self.fail_on = fail_on
+
+    def __call__(self, pipe):
+        self.count += 1
+        if self.count == self.fail_on:
+            raise KeyboardInterrupt("interrupted")
+        return [to_video(pipe(num_inference_steps=STEPS, batch=1, tokens=256, seed=s)) for s in range(2)]
+
+
+def speedup(pipe, config, repeats=5):
+    """Median of interleaved (uncached / cached) time ratios."""
+    ratios = []
+    calls = Calls()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        calls(pipe)
+        plain = time.perf_counter() - start
+        with dit_cache(pipe, config):
+            start = time.perf_counter()
+            calls(pipe)
+            ratios.append(plain / (time.perf_counter() - start))
+    return statistics.median(ratios)
+
+
+def test_metrics_known_values():
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    same = compare_videos([video], [video])
+    assert same["mse"] == 0 and same["psnr"] == float("inf") and same["ssim"] == pytest.approx(1.0)
+    flat = np.full((2, 32, 32, 3), 100, np.uint8)
+    shifted = compare_videos([flat + 10], [flat])
+    assert shifted["mse"] == pytest.approx(100.0)
+    assert shifted["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 100))  # 28.13 dB
+    c1 = (0.01 * 255) ** 2  # flat frames: only SSIM's luminance term differs from 1
+    assert shifted["ssim"] == pytest.approx((2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1), rel=1e-6)
+    noisy = np.clip(video.astype(int) + rng.normal(0, 5, video.shape).round(), 0, 255).astype(np.uint8)
+    measured = compare_videos([noisy], [video])
+    assert measured["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 25), abs=0.3)
+    variance = 255 ** 2 / 12  # uniform frames: SSIM ~ 2 var / (2 var + noise var)
+    assert measured["ssim"] == pytest.approx(2 * variance / (2 * variance + 25), rel=2e-3)
+
+
+def test_speedup_target_is_met_as_measured(tmp_path):
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.4, num_sampling_steps=STEPS))
+    calls = Calls()
+    config = adaptor.search(calls, prompts_num=2)
+    report = adaptor.last_search
+    assert config == report.config and config.num_sampling_steps == STEPS
+    assert report.chosen["measured_speedup"] >= 1.4
+    assert report.full_runs == calls.count <= 2 + 3 * 3
+    assert all(r["psnr"] <= report.chosen["psnr"] for r in report.runs if r["measured_speedup"] >= 1.4)
+    assert adaptor.cache_config is None  # the search leaves the adaptor as it found it
+    adaptor.remove()
+    assert speedup(pipe, config) >= 1.4 * 0.97  # re-measured, interleaved (3% for timing noise)
+
+    written = report.save(str(tmp_path / "dit_cache_config.json"))
+    assert [p.rsplit("/", 1)[1] for p in written] == [
+        "dit_cache_config.json", "dit_cache_config.search.json", "dit_cache_config.search.png"
+    ]
+    saved = json.loads((tmp_path / "dit_cache_config.search.json").read_text())
+    assert saved["config"] == config.to_dict() and len(saved["runs"]) == len(report.runs)
+    assert "chosen" in report.table()
+
+
+def test_quality_floor_gives_the_fastest_config_above_it():
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=STEPS))
+    config = adaptor.search(Calls(), prompts_num=2)
+    report = adaptor.last_search
+    assert report.chosen["psnr"] >= 30.0
+    above = [r for r in report.runs if r["psnr"] >= 30.0]
+    assert report.chosen["measured_speedup"] == max(r["measured_speedup"] for r in above)
+    adaptor.update_cache_config(**{k: v for k, v in config.to_dict().items()})
+    videos = Calls()(pipe)
+    adaptor.disable()
+    assert compare_videos(videos, Calls()(pipe))["psnr"] >= 30.0
+
+
+def test_unreachable_goals_name_the_best_reachable_value():
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=40.0, num_sampling_steps=STEPS))
+    with pytest.raises(ValueError, match=r"cache_ratio=40 cannot be reached.*ask for at most \d+\.\d\d"):
+        adaptor.search(Calls(), prompts_num=2)
+    adaptor.search_config = DitCacheSearchConfig(min_psnr=500.0, num_sampling_steps=STEPS, dit_block_num=8)
+    with pytest.raises(ValueError, match=r"min_psnr=500 dB cannot be reached.*ask for at most"):
+        adaptor.search(Calls(), prompts_num=2)
+
+
+def test_resume_skips_finished_runs(tmp_path):
+    journal = str(tmp_path / "journal")
+    settings = dict(cache_ratio=1.4, num_sampling_steps=STEPS, journal_dir=journal)
+    first = Calls(fail_on=4)  # calibration (2 runs) and one candidate finish, then an interruption
+    adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
+    with pytest.raises(KeyboardInterrupt):
+        adaptor.search(first, prompts_num=2)
+    adaptor.remove()
+
+    resumed = Calls()
+    adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
+    config = adaptor.search(resumed, prompts_num=2)
+    report = adaptor.last_search
+    assert report.resumed_runs == 3
+    assert resumed.count == report.full_runs - 3
+    adaptor.remove()
+
+    again = Calls()
+    adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
+    assert adaptor.search(again, prompts_num=2) == config
+    assert again.count == 0
+    with pytest.raises(ValueError, match="made for other settings"):
+        adaptor.search(again, prompts_num=1)
+
+
+class Bad:
+    def __init__(self, make):
+        self.make = make
+        self.count = 0
+
+    def __call__(self, pipe):
+        self.count += 1
+        return self.make(self.count, Calls.__call__(Calls(), pipe))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda n, v: np.stack(v), "must return a list of numpy arrays, got ndarray"),
+        (lambda n, v: [torch.from_numpy(x) for x in v], "must be a numpy array, got Tensor"),
+        (lambda n, v: [x.astype(np.float32) for x in v], "must be uint8 .* got float32"),
+        (lambda n, v: [x[0] for x in v], r"got uint8 with shape \(8, 8, 4\)"),
+        (lambda n, v: v[:1], "returned 1 videos, expected prompts_num=2"),
+        (lambda n, v: v if n == 1 else [x[:, :4] for x in v], r"shape \(4, 4, 8, 4\), but the calibration run gave"),
+        (lambda n, v: v if n == 1 else [255 - x for x in v], "made different videos in two uncached runs"),
+    ],
+)
+def test_bad_callables_are_clear_errors(make, match):
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(num_sampling_steps=STEPS))
+    with pytest.raises(ValueError, match=match):
+        adaptor.search(Bad(make), prompts_num=2)
+    adaptor.remove()
+
+
+def test_bad_search_arguments():
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe)
+    with pytest.raises(ValueError, match="search needs a DitCacheSearchConfig"):
+        adaptor.search(Calls())
+    adaptor.search_config = DitCacheSearchConfig(num_sampling_steps=STEPS)
+    with pytest.raises(ValueError, match="must be callable"):
+        adaptor.search("videos")
+    with pytest.raises(ValueError, match="prompts_num must be an int >= 1, got 0"):
+        adaptor.search(Calls(), prompts_num=0)
+    adaptor.search_config = DitCacheSearchConfig(num_sampling_steps=STEPS + 4)
+    with pytest.raises(ValueError, match=f"made {STEPS} denoising steps .* but num_sampling_steps={STEPS + 4}"):
+        adaptor.search(Calls(), prompts_num=2)
