@@ -48,6 +48,12 @@ class Calibration:
     def rest_seconds(self) -> float:
         return self.full_seconds - sum(self.block_seconds)
 
+    @classmethod
+    def reference_only(cls, videos: List[np.ndarray], full_seconds: float, num_steps: int) -> "Calibration":
+        """The part other ranks need to score runs: the reference videos and the time to beat."""
+        empty = torch.zeros(0)
+        return cls(videos, full_seconds, [], 0.0, num_steps, 0, empty, empty)
+
     def rebase(self, clean_seconds: float) -> None:
         """Take the faster of this run and a clean uncached one as the time to beat.
 

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import DitCacheConfig, DitCacheSearchConfig
+from ..distributed import all_gather_objects, broadcast_object, current_context
 from ..metrics import check_video, compare_videos
 from ..timing import module_device, synchronize
 from .calibration import Calibration, CalibrationRecorder
@@ -30,15 +31,6 @@ from .report import SearchReport, logger
 
 RunVideos = Callable[[Any], List[np.ndarray]]
 NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
-
-
-def _is_rank_zero() -> bool:
-    try:
-        import torch.distributed as dist
-
-        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    except Exception:  # pragma: no cover - a broken distributed setup is not ours to report here
-        return True
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -63,17 +55,27 @@ def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_
 
 
 class CacheSearch:
-    """Runs one search over the blocks of an attached :class:`~ditcache.DitCacheAdaptor`."""
+    """Runs one search over the blocks of an attached :class:`~ditcache.DitCacheAdaptor`.
 
-    def __init__(self, adaptor: Any, config: DitCacheSearchConfig) -> None:
+    Under torchrun every decision (what to calibrate, which candidates, the
+    winner) is taken on rank 0 and shared, so all ranks agree. Candidate runs
+    are spread over the ranks when each holds the whole model; with
+    ``sequence_parallel=True`` (the ranks share one model) every rank takes
+    part in every run and rank 0 scores it.
+    """
+
+    def __init__(self, adaptor: Any, config: DitCacheSearchConfig, sequence_parallel: bool = False) -> None:
         self.adaptor = adaptor
         self.config = config
         self.device = module_device(adaptor.blocks[0])
+        self.context = current_context()
+        self.sequence_parallel = sequence_parallel
         self.full_runs = 0
         self.resumed = 0
         self.journal: Optional[Journal] = None
         self.calibration: Optional[Calibration] = None
-        self._show = _is_rank_zero()
+        self.candidates: List[Candidate] = []
+        self._show = self.context.is_main
 
     def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
         if not callable(run_videos):
@@ -81,8 +83,9 @@ class CacheSearch:
         if isinstance(prompts_num, bool) or not isinstance(prompts_num, int) or prompts_num < 1:
             raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
         started = time.perf_counter()
+        journal_dir = self.config.journal_dir if self.context.is_main else None
         self.journal = Journal(
-            None if self.config.journal_dir is None else str(self.config.journal_dir),
+            None if journal_dir is None else str(journal_dir),
             {
                 "blocks": len(self.adaptor.blocks),
                 "num_sampling_steps": self.config.num_sampling_steps,
@@ -92,11 +95,12 @@ class CacheSearch:
         saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
         try:
             self.calibration = self._calibrate(run_videos, prompts_num)
-            candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval)
+            if self.context.is_main:
+                self.candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval)
             if self.config.min_psnr is None:
-                chosen = self._for_speedup(candidates, run_videos, prompts_num)
+                chosen = self._for_speedup(run_videos, prompts_num)
             else:
-                chosen = self._for_quality(candidates, run_videos, prompts_num)
+                chosen = self._for_quality(run_videos, prompts_num)
         finally:
             self.adaptor.set_cache_config(saved_config)
             if not saved_enabled:
@@ -113,22 +117,56 @@ class CacheSearch:
                 "seconds": self.calibration.full_seconds,
                 "block_share": sum(self.calibration.block_seconds) / self.calibration.full_seconds,
                 "block_seconds": self.calibration.block_seconds,
-                "candidates_ranked": len(candidates),
+                "candidates_ranked": len(self.candidates),
+                "processes": self.context.world_size,
             },
         )
         if self._show:
             logger.info("search done: %s", report.summary())
         return report
 
+    def _on_main(self, decide: Callable[[], Any]) -> Any:
+        """Run ``decide`` on rank 0 and hand its result (or its ValueError) to every rank."""
+        outcome: Any = None
+        if self.context.is_main:
+            try:
+                outcome = ("ok", decide())
+            except ValueError as err:
+                outcome = ("error", str(err))
+        kind, value = broadcast_object(outcome)
+        if kind == "error":
+            raise ValueError(value)
+        return value
+
     # --- calibration -------------------------------------------------------------------
 
     def _calibrate(self, run_videos: RunVideos, prompts_num: int) -> Calibration:
+        """Rank 0's uncached reference (from the journal, or measured), known to every rank that needs it."""
+        loaded = self.journal.load_calibration() if self.context.is_main else None
+        if broadcast_object(loaded is None):
+            if self.context.is_main:
+                calibration = self._measure_calibration(run_videos, prompts_num)
+            elif self.sequence_parallel:  # the other ranks take part in rank 0's two runs
+                self._timed(run_videos)
+                self._timed(run_videos)
+                calibration = None
+            else:
+                calibration = None
+            runs = 2
+        else:
+            calibration, runs = loaded, loaded.calls
+            self.resumed += runs
+        self.full_runs += runs
+        if not self.context.is_main and not self.sequence_parallel:
+            # Spread runs are scored on every rank: they need the references and the time to beat.
+            videos, seconds = broadcast_object(None)
+            calibration = Calibration.reference_only(videos, seconds, self.config.num_sampling_steps)
+        elif self.context.enabled and not self.sequence_parallel:
+            broadcast_object((calibration.videos, calibration.full_seconds))
+        return calibration
+
+    def _measure_calibration(self, run_videos: RunVideos, prompts_num: int) -> Calibration:
         """The instrumented uncached run, then a clean one for timing and a determinism check."""
-        calibration = self.journal.load_calibration()
-        if calibration is not None:
-            self.resumed += calibration.calls
-            self.full_runs += calibration.calls
-            return calibration
         self.adaptor.disable()
         with CalibrationRecorder(self.adaptor.blocks) as recorder:
             videos, seconds = self._timed(run_videos)
@@ -147,14 +185,12 @@ class CacheSearch:
         self._check_deterministic(again, calibration.videos)
         calibration.rebase(clean_seconds)
         calibration.calls = 2
-        self.full_runs += 2
         self.journal.save_calibration(calibration)
-        if self._show:
-            logger.info(
-                "calibration: %.2f s a run, blocks %.1f%% of it, %d forward passes per step",
-                calibration.full_seconds, 100 * sum(calibration.block_seconds) / calibration.full_seconds,
-                calibration.passes,
-            )
+        logger.info(
+            "calibration: %.2f s a run, blocks %.1f%% of it, %d forward passes per step",
+            calibration.full_seconds, 100 * sum(calibration.block_seconds) / calibration.full_seconds,
+            calibration.passes,
+        )
         return calibration
 
     @staticmethod
@@ -181,16 +217,42 @@ class CacheSearch:
 
     # --- candidate runs ----------------------------------------------------------------
 
-    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+    def _run_candidates(self, picks: List[Candidate], run_videos: RunVideos, prompts_num: int,
+                        description: str) -> List[Dict[str, Any]]:
+        """Run ``picks`` for real (spread over the ranks where each holds the model); every rank gets every record."""
+        done = self._on_main(lambda: {c.key(): self.journal.runs[c.key()] for c in picks if c.key() in self.journal.runs})
+        self.resumed += len(done)
+        self.full_runs += len(done)
+        todo = [candidate for candidate in picks if candidate.key() not in done]
+        spread = self.context.enabled and not self.sequence_parallel
+        mine = todo[self.context.rank :: self.context.world_size] if spread else todo
+        records = []
+        with tqdm(total=len(todo), desc=description, disable=not self._show, leave=False) as bar:
+            for candidate in mine:
+                record = self._evaluate(candidate, run_videos, prompts_num)
+                if record is not None:
+                    self.journal.add_run(record)  # at once: an interruption loses only the run under way
+                records.append(record)
+                bar.update(self.context.world_size if spread else 1)
+        if spread:
+            records = [record for part in all_gather_objects(records) for record in part]
+        elif self.context.enabled:
+            records = broadcast_object(records)
+        for record in records:
+            if record["key"] not in self.journal.runs:
+                self.journal.add_run(record)
+        by_key = {**done, **{record["key"]: record for record in records}}
+        return [by_key[candidate.key()] for candidate in picks]
+
+    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int) -> Optional[Dict[str, Any]]:
+        """One real run of ``candidate``: timed, and scored against the references."""
         key = candidate.key()
-        if key in self.journal.runs:
-            self.resumed += 1
-            self.full_runs += 1
-            return self.journal.runs[key]
         self.adaptor.set_cache_config(candidate.config)
         videos, seconds = self._timed(run_videos)
+        self.full_runs += 1
+        if self.calibration is None:  # a sequence-parallel helper rank: rank 0 scores the run
+            return None
         videos = check_videos(videos, self.calibration.videos, prompts_num)
-        scores = compare_videos(videos, self.calibration.videos)
         record = {
             "key": key,
             "config": candidate.config.to_dict(),
@@ -198,44 +260,28 @@ class CacheSearch:
             "proxy": candidate.proxy,
             "seconds": seconds,
             "measured_speedup": self.calibration.full_seconds / seconds,
-            **scores,
+            **compare_videos(videos, self.calibration.videos),
         }
-        self.full_runs += 1
-        self.journal.add_run(record)
-        if self._show:
-            logger.info(
-                "candidate %s: predicted %.3fx, measured %.3fx, PSNR %.2f dB, SSIM %.4f, MSE %.3f",
-                key, record["predicted_speedup"], record["measured_speedup"], record["psnr"], record["ssim"],
-                record["mse"],
-            )
+        logger.info(
+            "candidate %s: predicted %.3fx, measured %.3fx, PSNR %.2f dB, SSIM %.4f, MSE %.3f",
+            key, record["predicted_speedup"], record["measured_speedup"], record["psnr"], record["ssim"], record["mse"],
+        )
         return record
 
-    def _progress(self, total: int, description: str):
-        return tqdm(total=total, desc=description, disable=not self._show, leave=False)
-
-    def _for_speedup(self, candidates: List[Candidate], run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+    def _for_speedup(self, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
         target = self.config.cache_ratio
-        fastest = max(c.predicted_speedup for c in candidates)
-        if fastest < target:
-            raise ValueError(
-                f"cache_ratio={target:g} cannot be reached on this model and setting: the fastest config "
-                f"({self._describe(max(candidates, key=lambda c: c.predicted_speedup))}) is predicted at "
-                f"{fastest:.3f}x from measured block times; ask for at most {fastest:.2f}"
-            )
+        fastest = self._on_main(lambda: self._fastest_reaching(target))
         aim = min(target * (1 + self.config.speed_margin), fastest)
         tried: List[Dict[str, Any]] = []
         for _ in range(3):  # re-aim higher if timing noise left every pick short of the target
-            picks = [c for c in best_for_target(candidates, aim, self.config.candidates_to_run)]
-            with self._progress(len(picks), f"search >= {target:g}x") as bar:
-                for candidate in picks:
-                    tried.append(self._evaluate(candidate, run_videos, prompts_num))
-                    bar.update()
+            picks = self._on_main(lambda: best_for_target(self.candidates, aim, self.config.candidates_to_run))
+            tried += self._run_candidates(picks, run_videos, prompts_num, f"search >= {target:g}x")
             meeting = [r for r in tried if r["measured_speedup"] >= target]
             if meeting:
                 return max(meeting, key=lambda r: (r["psnr"], r["ssim"]))
-            shortfall = target / max(r["measured_speedup"] / r["predicted_speedup"] for r in tried)
             if aim >= fastest:
                 break
+            shortfall = target / max(r["measured_speedup"] / r["predicted_speedup"] for r in tried)
             aim = min(max(shortfall, aim * 1.02), fastest)
         best = max(r["measured_speedup"] for r in tried)
         raise ValueError(
@@ -243,24 +289,44 @@ class CacheSearch:
             f"(predictions were off by timing noise or overheads); ask for at most {best:.2f}"
         )
 
-    def _for_quality(self, candidates: List[Candidate], run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+    def _fastest_reaching(self, target: float) -> float:
+        fastest = max(self.candidates, key=lambda c: c.predicted_speedup)
+        if fastest.predicted_speedup < target:
+            raise ValueError(
+                f"cache_ratio={target:g} cannot be reached on this model and setting: the fastest config "
+                f"({self._describe(fastest)}) is predicted at {fastest.predicted_speedup:.3f}x from measured "
+                f"block times; ask for at most {fastest.predicted_speedup:.2f}"
+            )
+        return fastest.predicted_speedup
+
+    def _for_quality(self, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+        """Search the predicted Pareto front for the fastest config above the floor.
+
+        Each round probes as many evenly spaced points of the open range as there
+        are ranks (bisection on one process), keeping the floor's side of each.
+        """
         floor = self.config.min_psnr
-        front = _thin(pareto_front(candidates), step=0.02)
+        front = self._on_main(lambda: _thin(pareto_front(self.candidates), step=0.02))
         low, high = 0, len(front) - 1
         best: Optional[Dict[str, Any]] = None
         seen: List[Dict[str, Any]] = []
-        with self._progress(max(1, int(np.ceil(np.log2(len(front) + 1)))), f"search PSNR >= {floor:g} dB") as bar:
-            while low <= high:
-                middle = (low + high) // 2
-                record = self._evaluate(front[middle], run_videos, prompts_num)
-                seen.append(record)
-                bar.update()
-                if record["psnr"] >= floor:
-                    if best is None or record["measured_speedup"] > best["measured_speedup"]:
-                        best = record
-                    low = middle + 1
-                else:
-                    high = middle - 1
+        probes_per_round = self.context.world_size if not self.sequence_parallel else 1
+        while low <= high:
+            count = min(probes_per_round, high - low + 1)
+            indices = sorted({low + (high - low) * (k + 1) // (count + 1) for k in range(count)})
+            records = self._run_candidates([front[i] for i in indices], run_videos, prompts_num,
+                                           f"search PSNR >= {floor:g} dB")
+            seen += records
+            passing = [i for i, r in zip(indices, records) if r["psnr"] >= floor]
+            failing = [i for i, r in zip(indices, records) if r["psnr"] < floor]
+            for record in records:
+                if record["psnr"] >= floor and (best is None or record["measured_speedup"] > best["measured_speedup"]):
+                    best = record
+            if passing:
+                low = max(low, max(passing) + 1)
+            above = [i for i in failing if i >= low]
+            if above:
+                high = min(above) - 1
         if best is None:
             top = max(seen, key=lambda r: r["psnr"])
             raise ValueError(

@@ -1,0 +1,147 @@
+"""Processes, devices and collectives for torchrun, on CPU, CUDA and Ascend NPU.
+
+The device index comes from ``LOCAL_RANK`` (so multi-node runs work), the
+process-group backend follows the device (gloo, nccl, hccl), ``torch_npu`` is
+imported only when asked for or installed, and every collective has a timeout,
+so a failing rank makes the others fail promptly instead of hanging.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+DEVICES = ("auto", "cpu", "cuda", "npu")
+DEFAULT_TIMEOUT_S = 600
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    if not value.strip().isdigit():
+        raise ValueError(f"environment variable {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def import_torch_npu(required: bool) -> bool:
+    """Import torch_npu if it is installed (or fail clearly if ``required``); True when usable."""
+    if importlib.util.find_spec("torch_npu") is None:
+        if required:
+            raise ValueError("device 'npu' needs torch_npu: pip install 'ditcache[npu]' (and Ascend's CANN toolkit)")
+        return False
+    importlib.import_module("torch_npu")
+    return True
+
+
+def available_devices() -> Dict[str, int]:
+    """How many devices of each kind this process can see."""
+    counts = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0, "npu": 0}
+    npu = getattr(torch, "npu", None)
+    if npu is not None and npu.is_available():
+        counts["npu"] = npu.device_count()
+    return counts
+
+
+def select_device(requested: str, local_rank: int, available: Optional[Mapping[str, int]] = None) -> torch.device:
+    """The device this process should use.
+
+    ``auto`` picks NPU, then CUDA, then CPU. Accelerators are indexed by
+    ``local_rank``; asking for one that is missing, or for more processes on a
+    node than it has devices, is a clear error.
+    """
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {requested!r}")
+    if available is None:
+        if requested in ("npu", "auto"):
+            import_torch_npu(required=requested == "npu")
+        available = available_devices()
+    kind = requested
+    if requested == "auto":
+        kind = "npu" if available.get("npu", 0) else "cuda" if available.get("cuda", 0) else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    count = available.get(kind, 0)
+    if count == 0:
+        raise ValueError(f"device {kind!r} was asked for, but this machine has no {kind.upper()} device; use --device cpu")
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} needs {kind}:{local_rank}, but this node has {count} {kind} device(s); "
+            f"start at most {count} processes per node (--nproc_per_node)"
+        )
+    return torch.device(kind, local_rank)
+
+
+@dataclass
+class DistributedContext:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
+    """Pick the device and, under torchrun with several processes, join the process group."""
+    rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    chosen = select_device(device, local_rank)
+    if chosen.type != "cpu":
+        getattr(torch, chosen.type).set_device(chosen)
+    context = DistributedContext(rank, world_size, local_rank, chosen)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            backend=BACKENDS[chosen.type], timeout=datetime.timedelta(seconds=timeout_s),
+            rank=rank, world_size=world_size,
+        )
+    return context
+
+
+def current_context() -> DistributedContext:
+    """The context of an already initialised job (or a single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                                  _env_int("LOCAL_RANK", 0))
+    return DistributedContext()
+
+
+def is_main_process() -> bool:
+    return current_context().is_main
+
+
+def broadcast_object(value: Any, source: int = 0) -> Any:
+    """``value`` from rank ``source`` on every rank (itself when not distributed)."""
+    if not current_context().enabled:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+def all_gather_objects(value: Any) -> List[Any]:
+    """Every rank's ``value``, in rank order."""
+    context = current_context()
+    if not context.enabled:
+        return [value]
+    out: List[Any] = [None] * context.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def destroy() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
