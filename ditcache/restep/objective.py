@@ -1,0 +1,75 @@
+"""The search objective: the model's denoiser D(x_t, t) at any timestep, and the KLUB of a step.
+
+Everything is in the sigma parameterisation of Euler-type samplers: ``x_t = x_0 + sigma(t) * noise``
+(the scheduler's ``add_noise``), the model sees ``x_t / sqrt(sigma^2 + 1)`` as in
+``scale_model_input``, and D converts the model output to an estimate of ``x_0`` according to the
+scheduler's ``prediction_type``. The KLUB of a step from ``up`` down to ``t`` is
+``||D(x_t, t) - D(x_up, up)||^2 / w`` with ``w = 1/(c^2 + sigma_t^2) - 1/(c^2 + sigma_up^2)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .scheduler import TimestepEulerAncestralScheduler
+
+KLUB_C = 0.5  # the data scale c in the KLUB weight
+
+
+class Denoiser:
+    """D(x_t, t) of a pipeline's transformer, each clip conditioned on its own prompt ("" = unconditional)."""
+
+    def __init__(self, pipeline: Any, scheduler: TimestepEulerAncestralScheduler, prompts: Sequence[str], batch_size: int) -> None:
+        self.transformer = pipeline.transformer
+        self.scheduler = scheduler
+        self.batch_size = batch_size
+        self.device = pipeline.device
+        self.states, self.mask = pipeline.encode_prompt(list(prompts))
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, noise: torch.Tensor, clips: torch.Tensor, timesteps: Sequence[float]) -> tuple:
+        """D at each of the strictly decreasing ``timesteps`` for every clip, and the sigmas there.
+
+        Returns estimates shaped (len(timesteps), len(x0), ...). ``clips`` maps each row of ``x0`` to its
+        prompt; the same noise is used at every timestep, so the differences between timesteps are not
+        drowned in sampling noise.
+        """
+        self.scheduler.set_timesteps(timesteps=timesteps)
+        count, rest = len(x0), [1] * (x0.ndim - 1)
+        t_rows = self.scheduler.timesteps.repeat_interleave(count)
+        sigmas = self.scheduler.sigmas[:-1].to(self.device)
+        sigma_rows = sigmas.repeat_interleave(count).view(-1, *rest)
+        noisy = self.scheduler.add_noise(x0.repeat(len(timesteps), *rest), noise.repeat(len(timesteps), *rest), t_rows)
+        clip_rows = clips.repeat(len(timesteps))
+        step = self.batch_size
+        estimates = torch.cat([
+            self._estimate(noisy[i : i + step], sigma_rows[i : i + step], t_rows[i : i + step], clip_rows[i : i + step])
+            for i in range(0, len(noisy), step)
+        ])
+        return estimates.view(len(timesteps), *x0.shape), sigmas
+
+    def _estimate(self, noisy: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+        scale = (sigma**2 + 1) ** 0.5
+        dtype = getattr(self.transformer, "dtype", torch.float32)
+        out = self.transformer(
+            (noisy / scale).to(dtype), timestep=t.to(self.device),
+            encoder_hidden_states=self.states[clips.to(self.states.device)],
+            encoder_attention_mask=self.mask[clips.to(self.mask.device)],
+        )[0].float()
+        if out.shape[1] == 2 * noisy.shape[1]:  # models that also predict the variance (learned sigma)
+            out = out[:, : noisy.shape[1]]
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noisy - sigma * out
+        if kind == "v_prediction":
+            return out * (-sigma / scale) + noisy / scale**2
+        if kind == "sample":
+            return out
+        raise ValueError(f"prediction_type={kind!r} is not supported: allowed 'epsilon', 'v_prediction', 'sample'")
+
+
+def klub(d_low: torch.Tensor, d_up: torch.Tensor, sigma_low: torch.Tensor, sigma_up: torch.Tensor) -> torch.Tensor:
+    """Per-clip KLUB of stepping from ``up`` to ``low``: mean squared denoiser change over the weight w."""
+    weight = 1.0 / (KLUB_C**2 + sigma_low**2) - 1.0 / (KLUB_C**2 + sigma_up**2)
+    return (d_low - d_up).pow(2).flatten(1).mean(1) / weight
