@@ -23,6 +23,7 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
+from ..restep.scheduler import TimestepEulerAncestralScheduler
 from .shapes import MIN_SIZE
 from .text import ShapesTextEncoder, ShapesTokenizer
 from .transformer import ShapesT2V
@@ -33,6 +34,8 @@ SCHEDULERS: Dict[str, type] = {
     "dpm_solver": DPMSolverMultistepScheduler,
     "pndm": PNDMScheduler,
     "euler": EulerDiscreteScheduler,
+    # euler_ancestral that also accepts timesteps= (e.g. a ReStep-searched schedule)
+    "euler_ancestral_timesteps": TimestepEulerAncestralScheduler,
 }
 DEFAULT_SCHEDULER = "euler_ancestral"
 # OSP's noise schedule. Every sampler starts at t=999 ("trailing"), where the pixels are pure noise.
