@@ -190,20 +190,25 @@ class DitCacheAdaptor:
             )
         )
 
-    def search(self, run_pipeline_and_save_videos: Callable[[Any], List[Any]], prompts_num: int = 1) -> DitCacheConfig:
+    def search(
+        self, run_pipeline_and_save_videos: Callable[[Any], List[Any]], prompts_num: int = 1,
+        *, sequence_parallel: bool = False,
+    ) -> DitCacheConfig:
         """Find the config that best meets the search config's goal (see :mod:`ditcache.search`).
 
         ``run_pipeline_and_save_videos(pipeline)`` must return a list of
         ``prompts_num`` uint8 arrays ``(frames, h, w, c)``, the same videos
         every call. The full report (every candidate run) is kept in
-        :attr:`last_search`.
+        :attr:`last_search`. Under torchrun, ``sequence_parallel=True`` says the
+        processes share one model (every process takes part in every run);
+        otherwise each holds the whole model and candidate runs are spread.
         """
         from .search import CacheSearch
 
         if self.search_config is None:
             raise ValueError("search needs a DitCacheSearchConfig: DitCacheAdaptor(pipeline, DitCacheSearchConfig(...))")
         self._check_attached()
-        self.last_search = CacheSearch(self, self.search_config).run(run_pipeline_and_save_videos, prompts_num)
+        self.last_search = CacheSearch(self, self.search_config, sequence_parallel).run(run_pipeline_and_save_videos, prompts_num)
         return self.last_search.config
 
     # --- beyond the spec --------------------------------------------------------------

@@ -227,13 +227,13 @@ class CacheSearch:
         spread = self.context.enabled and not self.sequence_parallel
         mine = todo[self.context.rank :: self.context.world_size] if spread else todo
         records = []
-        with tqdm(total=len(todo), desc=description, disable=not self._show, leave=False) as bar:
+        with tqdm(total=len(mine), desc=description, disable=not self._show, leave=False) as bar:
             for candidate in mine:
                 record = self._evaluate(candidate, run_videos, prompts_num)
                 if record is not None:
                     self.journal.add_run(record)  # at once: an interruption loses only the run under way
                 records.append(record)
-                bar.update(self.context.world_size if spread else 1)
+                bar.update()
         if spread:
             records = [record for part in all_gather_objects(records) for record in part]
         elif self.context.enabled:

@@ -1,0 +1,162 @@
+"""Flags of the torchrun samplers: Open-Sora-Plan v1.2's, the spec's, and ours, checked before any model loads."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+from ditcache.distributed import DEVICES
+
+# Open-Sora-Plan's --sample_method names, and the bundled pipeline's scheduler for each.
+SAMPLE_METHODS = {
+    "EulerAncestralDiscrete": "euler_ancestral",
+    "DDIM": "ddim",
+    "DPMSolverMultistep": "dpm_solver",
+    "PNDM": "pndm",
+    "EulerDiscrete": "euler",
+}
+MODEL_TYPES = ("bundled", "osp", "dit", "udit", "diffusers")
+OSP_ONLY = ("ae", "ae_path", "text_encoder_name", "tile_overlap_factor", "enable_tiling", "save_memory")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_path", default=None,
+                       help="checkpoint folder; omitted: the bundled moving-shapes model")
+    model.add_argument("--model_type", choices=MODEL_TYPES, default=None,
+                       help="backend; detected from --model_path when omitted (dit/udit = Open-Sora-Plan)")
+    model.add_argument("--dit_block_path", default=None,
+                       help="dotted path of the block list inside the pipeline (found automatically if omitted)")
+    model.add_argument("--ae", default="CausalVAEModel_4x8x8", help="Open-Sora-Plan: VAE kind")
+    model.add_argument("--ae_path", default=None, help="Open-Sora-Plan: VAE weights")
+    model.add_argument("--text_encoder_name", default=None, help="Open-Sora-Plan: text encoder (e.g. google/mt5-xxl)")
+    model.add_argument("--cache_dir", default="./cache_dir")
+    model.add_argument("--max_sequence_length", type=int, default=512)
+    model.add_argument("--tile_overlap_factor", type=float, default=None)
+    model.add_argument("--enable_tiling", action="store_true")
+    model.add_argument("--save_memory", action="store_true")
+    model.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+
+    run = parser.add_argument_group("sampling")
+    run.add_argument("--text_prompt", nargs="+", required=True, help="prompts, or one .txt file with a prompt a line")
+    run.add_argument("--num_frames", type=int, default=None)
+    run.add_argument("--height", type=int, default=None)
+    run.add_argument("--width", type=int, default=None)
+    run.add_argument("--num_sampling_steps", type=int, default=50)
+    run.add_argument("--guidance_scale", type=float, default=None)
+    run.add_argument("--sample_method", choices=sorted(SAMPLE_METHODS), default="EulerAncestralDiscrete")
+    run.add_argument("--seed", type=int, default=0, help="seed of prompt i is seed + i")
+    run.add_argument("--fps", type=int, default=8)
+    run.add_argument("--save_img_path", default="./sample_videos")
+    run.add_argument("--device", choices=DEVICES, default="auto")
+    run.add_argument("--timeout", type=float, default=1800.0, help="seconds before a stuck collective fails")
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sample_t2v_sp", description="Sample videos, optionally with the DiT cache.")
+    _common(parser)
+    accel = parser.add_argument_group("acceleration")
+    accel.add_argument("--dit_cache_config", default=None, help="JSON file from search_t2v_sp --search_type dit_cache")
+    accel.add_argument("--schedule_timestep", default=None, help="timestep file from search_t2v_sp --search_type restep")
+    return parser
+
+
+def search_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="search_t2v_sp", description="Search a DiT cache config or a timestep schedule.")
+    _common(parser)
+    search = parser.add_argument_group("search")
+    search.add_argument("--search_type", choices=("dit_cache", "restep"), default="dit_cache")
+    search.add_argument("--cache_ratio", type=float, default=None, help="dit_cache: speedup target (default 1.3)")
+    search.add_argument("--min_psnr", type=float, default=None, help="dit_cache: quality floor in dB instead")
+    search.add_argument("--cache_step_interval", type=int, default=4, help="dit_cache: largest interval tried")
+    search.add_argument("--cache_save_path", default="./dit_cache_config.json")
+    search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
+    search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")
+    search.add_argument("--save_dir", default=None, help="restep: where searched_schedule.txt is written")
+    search.add_argument("--neighbour_type", choices=("uniform", "random"), default="uniform")
+    search.add_argument("--monte_carlo_iters", type=int, default=5)
+    return parser
+
+
+def read_prompts(values: List[str]) -> List[str]:
+    """The prompts given on the command line, or read from one .txt file (a prompt a line)."""
+    if len(values) == 1 and values[0].endswith(".txt"):
+        if not os.path.isfile(values[0]):
+            raise ValueError(f"--text_prompt file {values[0]!r} does not exist")
+        with open(values[0], "r", encoding="utf-8") as handle:
+            prompts = [line.strip() for line in handle if line.strip()]
+        if not prompts:
+            raise ValueError(f"--text_prompt file {values[0]!r} has no prompts")
+        return prompts
+    return list(values)
+
+
+def detect_model_type(model_path: Optional[str]) -> str:
+    """bundled without a path; a diffusers pipeline folder has model_index.json; else Open-Sora-Plan."""
+    if model_path is None:
+        return "bundled"
+    if not os.path.isdir(model_path):
+        raise ValueError(f"--model_path {model_path!r} is not a folder")
+    if os.path.isfile(os.path.join(model_path, "model_index.json")):
+        return "diffusers"
+    if os.path.isdir(os.path.join(model_path, "transformer")) and os.path.isdir(os.path.join(model_path, "tokenizer")):
+        return "bundled"
+    return "osp"
+
+
+def _check_positive(args: argparse.Namespace, names: List[str]) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Settle defaults and refuse impossible combinations, before anything heavy happens."""
+    args.prompts = read_prompts(args.text_prompt)
+    kind = args.model_type or detect_model_type(args.model_path)
+    args.backend = "osp" if kind in ("osp", "dit", "udit") else kind
+    if args.backend == "osp" and args.model_type is None:
+        args.model_type = "dit"
+    if args.backend != "osp":
+        given = [name for name in OSP_ONLY if getattr(args, name) != parser.get_default(name)]
+        if given:
+            raise ValueError(f"--{given[0]} applies to Open-Sora-Plan models only (backend here: {args.backend})")
+    if args.backend == "osp" and args.model_path is None:
+        raise ValueError("--model_type osp/dit/udit needs --model_path (the Open-Sora-Plan checkpoint folder)")
+    _check_positive(args, ["num_frames", "height", "width", "num_sampling_steps", "fps", "timeout", "max_sequence_length"])
+    if args.guidance_scale is not None and args.guidance_scale < 1.0:
+        raise ValueError(f"--guidance_scale must be >= 1 (1 disables guidance), got {args.guidance_scale}")
+    for name in ("dit_cache_config", "schedule_timestep"):
+        path = getattr(args, name, None)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"--{name} file {path!r} does not exist")
+    if getattr(args, "search_type", None) == "dit_cache":
+        if args.cache_ratio is not None and args.min_psnr is not None:
+            raise ValueError("give either --cache_ratio (a speedup target) or --min_psnr (a quality floor), not both")
+        if args.cache_ratio is None and args.min_psnr is None:
+            args.cache_ratio = 1.3
+        _check_positive(args, ["min_psnr"])
+        if args.cache_ratio is not None and args.cache_ratio <= 1.0:
+            raise ValueError(f"--cache_ratio must be > 1.0, got {args.cache_ratio}")
+        if args.videos_path is not None or args.save_dir is not None:
+            raise ValueError("--videos_path and --save_dir belong to --search_type restep")
+        directory = os.path.dirname(os.path.abspath(args.cache_save_path))
+        if not os.path.isdir(directory):
+            raise ValueError(f"--cache_save_path: folder {directory!r} does not exist")
+    if getattr(args, "search_type", None) == "restep":
+        if args.videos_path is None or args.save_dir is None:
+            raise ValueError("--search_type restep needs --videos_path (calibration videos) and --save_dir")
+        if args.cache_ratio is not None or args.min_psnr is not None:
+            raise ValueError("--cache_ratio and --min_psnr belong to --search_type dit_cache")
+    return args
+
+
+def parse(kind: str, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse and check the flags of ``kind`` ("sample" or "search"); errors exit with a usage message."""
+    parser = sample_parser() if kind == "sample" else search_parser()
+    args = parser.parse_args(argv)
+    try:
+        return check_args(args, parser)
+    except ValueError as err:
+        parser.error(str(err))
