@@ -42,7 +42,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--num_frames", type=int, default=None)
     run.add_argument("--height", type=int, default=None)
     run.add_argument("--width", type=int, default=None)
-    run.add_argument("--num_sampling_steps", type=int, default=50)
+    run.add_argument("--num_sampling_steps", type=int, default=None,
+                     help="default: the length of --schedule_timestep, the steps --dit_cache_config was "
+                          "searched for, or 50")
     run.add_argument("--guidance_scale", type=float, default=None)
     run.add_argument("--sample_method", choices=sorted(SAMPLE_METHODS), default="EulerAncestralDiscrete")
     run.add_argument("--seed", type=int, default=0, help="seed of prompt i is seed + i")
@@ -131,6 +133,25 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         path = getattr(args, name, None)
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"--{name} file {path!r} does not exist")
+    args.cache_config = None
+    if getattr(args, "dit_cache_config", None):
+        from ditcache import DitCacheConfig
+
+        args.cache_config = DitCacheConfig.load(args.dit_cache_config)
+    args.timesteps = None
+    if getattr(args, "schedule_timestep", None):
+        from ditcache.restep import read_schedule_timesteps
+
+        args.timesteps = read_schedule_timesteps(args.schedule_timestep, args.num_sampling_steps)
+        args.num_sampling_steps = len(args.timesteps)
+    elif args.num_sampling_steps is None:
+        searched = args.cache_config.num_sampling_steps if args.cache_config is not None else None
+        args.num_sampling_steps = searched or 50
+    if args.cache_config is not None and args.cache_config.num_sampling_steps not in (None, args.num_sampling_steps):
+        raise ValueError(
+            f"--dit_cache_config was searched for {args.cache_config.num_sampling_steps} steps, but this run has "
+            f"{args.num_sampling_steps} (--num_sampling_steps / --schedule_timestep)"
+        )
     if getattr(args, "search_type", None) == "dit_cache":
         if args.cache_ratio is not None and args.min_psnr is not None:
             raise ValueError("give either --cache_ratio (a speedup target) or --min_psnr (a quality floor), not both")

@@ -68,8 +68,10 @@ class BundledBackend(Backend):
         from ditcache.models import load_bundled_pipeline
         from ditcache.models.pipeline import DEFAULT_GUIDANCE
 
-        self.pipeline = load_bundled_pipeline(args.model_path, scheduler=SAMPLE_METHODS[args.sample_method],
-                                              device=context.device)
+        scheduler = SAMPLE_METHODS[args.sample_method]
+        if getattr(args, "timesteps", None) is not None and scheduler == "euler_ancestral":
+            scheduler = "euler_ancestral_timesteps"  # the stock Euler ancestral sampler refuses timesteps=
+        self.pipeline = load_bundled_pipeline(args.model_path, scheduler=scheduler, device=context.device)
         self.sequence_parallel = split_tokens and context.enabled
         self.num_frames = args.num_frames or 8
         self.height, self.width = args.height or 32, args.width or 32
@@ -165,6 +167,10 @@ class OpenSoraBackend(Backend):
             args.model_path, cache_dir=args.cache_dir, low_cpu_mem_usage=False, device_map=None, torch_dtype=dtype
         ).eval()
         scheduler = getattr(schedulers, OSP_SCHEDULERS[args.sample_method])()
+        if getattr(args, "timesteps", None) is not None and args.sample_method == "EulerAncestralDiscrete":
+            from ditcache.restep import TimestepEulerAncestralScheduler
+
+            scheduler = TimestepEulerAncestralScheduler.from_config(scheduler.config)
         self.pipeline = OpenSoraPipeline(
             vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler,
             transformer=transformer,
@@ -239,9 +245,22 @@ class DiffusersBackend(Backend):
         optional = {"guidance_scale": args.guidance_scale, "height": args.height, "width": args.width,
                     "num_frames": args.num_frames, "timesteps": timesteps}
         kwargs.update({k: v for k, v in optional.items() if v is not None and k in accepted})
-        output = self.pipeline(prompt, **kwargs)
+        if "class_labels" in accepted:  # class-conditional (DiT): the prompt is a label name or a class id
+            output = self.pipeline(self._class_ids(prompt), **kwargs)
+        else:
+            output = self.pipeline(prompt, **kwargs)
         frames = getattr(output, "frames", None)
         return to_uint8_video(frames[0] if frames is not None else output.images[0])
+
+
+    def _class_ids(self, prompt: str) -> List[int]:
+        labels = getattr(self.pipeline, "labels", None) or {}
+        if prompt in labels:
+            return [int(labels[prompt])]
+        if prompt.strip().isdigit():
+            return [int(prompt)]
+        raise ValueError(f"prompt {prompt!r} of a class-conditional pipeline must be a class id or one of its "
+                         f"labels {sorted(labels)[:20]}")
 
 
 def make_backend(args: argparse.Namespace, context: DistributedContext, split_tokens: bool = True) -> Backend:

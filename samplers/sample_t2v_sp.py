@@ -14,7 +14,7 @@ import logging
 import time
 from typing import List, Optional
 
-from ditcache import DitCacheConfig, dit_cache
+from ditcache import dit_cache
 from ditcache.distributed import destroy, init_distributed
 from ditcache.timing import synchronize
 
@@ -28,17 +28,7 @@ logger = logging.getLogger("ditcache.samplers")
 def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse("sample", argv)
-    cache_config = DitCacheConfig.load(args.dit_cache_config) if args.dit_cache_config else None
-    if cache_config is not None and cache_config.num_sampling_steps not in (None, args.num_sampling_steps):
-        raise SystemExit(
-            f"--dit_cache_config was searched for {cache_config.num_sampling_steps} steps, but "
-            f"--num_sampling_steps is {args.num_sampling_steps}"
-        )
-    timesteps = None
-    if args.schedule_timestep:
-        from ditcache.restep import load_schedule_timesteps
-
-        timesteps = load_schedule_timesteps(args.schedule_timestep, args.num_sampling_steps)
+    cache_config, timesteps = args.cache_config, args.timesteps
     context = init_distributed(args.device, args.timeout)
     try:
         backend = make_backend(args, context)
