@@ -49,8 +49,8 @@ def available_devices() -> Dict[str, int]:
     return counts
 
 
-def select_device(requested: str, local_rank: int, available: Optional[Mapping[str, int]] = None) -> torch.device:
-    """The device this process should use.
+def select_device(requested: str, local_rank: int, available: Optional[Mapping[str, int]] = None) -> str:
+    """The device this process should use, as a string (``torch.device("npu")`` needs torch_npu loaded).
 
     ``auto`` picks NPU, then CUDA, then CPU. Accelerators are indexed by
     ``local_rank``; asking for one that is missing, or for more processes on a
@@ -66,7 +66,7 @@ def select_device(requested: str, local_rank: int, available: Optional[Mapping[s
     if requested == "auto":
         kind = "npu" if available.get("npu", 0) else "cuda" if available.get("cuda", 0) else "cpu"
     if kind == "cpu":
-        return torch.device("cpu")
+        return "cpu"
     count = available.get(kind, 0)
     if count == 0:
         raise ValueError(f"device {kind!r} was asked for, but this machine has no {kind.upper()} device; use --device cpu")
@@ -75,7 +75,7 @@ def select_device(requested: str, local_rank: int, available: Optional[Mapping[s
             f"LOCAL_RANK={local_rank} needs {kind}:{local_rank}, but this node has {count} {kind} device(s); "
             f"start at most {count} processes per node (--nproc_per_node)"
         )
-    return torch.device(kind, local_rank)
+    return f"{kind}:{local_rank}"
 
 
 @dataclass
@@ -99,7 +99,7 @@ class DistributedContext:
 def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
     """Pick the device and, under torchrun with several processes, join the process group."""
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
-    chosen = select_device(device, local_rank)
+    chosen = torch.device(select_device(device, local_rank))
     if chosen.type != "cpu":
         getattr(torch, chosen.type).set_device(chosen)
     context = DistributedContext(rank, world_size, local_rank, chosen)
