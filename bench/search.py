@@ -1,0 +1,237 @@
+"""Cache search benchmark on the bundled model: ours, the reference's strategy, and the exhaustive frontier.
+
+For each speedup target and quality floor it reports the search's full runs and wall time, the chosen
+config's predicted and measured speedup (measured again here: median of interleaved uncached/cached
+repeats), PSNR / SSIM against the uncached videos and the prompt fidelity of the cached videos.
+
+The reference's strategy is re-implemented from its description: a nominal (block-count) speedup
+picks the smallest region length L; stage 1 tries every block start >= 1 with L blocks from step 5;
+stage 2 tries lengths L..L+7 and step starts 0 and 5 for the three best starts; the winner is the
+lowest MSE measured on re-encoded mp4 files; the interval stays 2.
+
+The frontier sweeps every (region, step start on a grid, interval) on a shortened setting, and ours is
+run on that same setting to give its gap to the best PSNR at its measured speedup.
+
+Every run is cached under --cache, so an interrupted benchmark resumes.
+
+    python bench/search.py                       # everything (long on 2 CPU cores)
+    python bench/search.py --parts ours,reference
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ditcache import DitCacheAdaptor, DitCacheConfig, DitCacheSearchConfig, dit_cache
+from ditcache._atomic import atomic_write_text
+from ditcache.metrics import compare_videos, mse
+from ditcache.models import load_bundled_pipeline
+from ditcache.models.fidelity import check_clip, hit_rates
+
+PROMPTS = ["a red circle moving right", "a blue square moving up"]
+
+
+class Setting:
+    """The bundled model at fixed prompts, seed and steps; every run's videos and time cached on disk."""
+
+    def __init__(self, steps: int, prompts: Sequence[str], cache: str) -> None:
+        self.steps, self.prompts = steps, list(prompts)
+        self.pipe = load_bundled_pipeline()
+        self.blocks = len(self.pipe.transformer.transformer_blocks)
+        tag = hashlib.sha1(json.dumps([steps, self.prompts]).encode()).hexdigest()[:10]
+        self.cache = os.path.join(cache, f"s{steps}-p{len(self.prompts)}-{tag}")
+        os.makedirs(self.cache, exist_ok=True)
+        self.reference, self.uncached_seconds = self.videos(None)
+
+    def __call__(self, pipe) -> List[np.ndarray]:
+        return list(pipe(self.prompts, num_inference_steps=self.steps, seed=0, progress=False).images)
+
+    def videos(self, config: Optional[DitCacheConfig]):
+        key = "uncached" if config is None else "-".join(str(v) for v in dict(config).values())
+        path = os.path.join(self.cache, key + ".npz")
+        if os.path.exists(path):
+            data = np.load(path)
+            return list(data["videos"]), float(data["seconds"])
+        with dit_cache(self.pipe, config):
+            started = time.perf_counter()
+            videos = self(self.pipe)
+            seconds = time.perf_counter() - started
+        np.savez(path + ".tmp.npz", videos=np.stack(videos), seconds=seconds)
+        os.replace(path + ".tmp.npz", path)
+        return videos, seconds
+
+    def speedup(self, config: DitCacheConfig, repeats: int = 5) -> float:
+        """Median of interleaved (uncached / cached) time ratios."""
+        ratios = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self(self.pipe)
+            plain = time.perf_counter() - started
+            with dit_cache(self.pipe, config):
+                started = time.perf_counter()
+                self(self.pipe)
+                ratios.append(plain / (time.perf_counter() - started))
+        return statistics.median(ratios)
+
+    def quality(self, videos: List[np.ndarray]) -> Dict[str, float]:
+        scores = compare_videos(videos, self.reference)
+        fidelity = hit_rates([check_clip(v, p) for v, p in zip(videos, self.prompts)])
+        return {**scores, "fidelity": fidelity["mean"]}
+
+
+def ours(setting: Setting, target: Optional[float], floor: Optional[float], journal: str) -> Dict:
+    config = DitCacheSearchConfig(cache_ratio=target or 1.3, min_psnr=floor, num_sampling_steps=setting.steps,
+                                  journal_dir=journal)
+    adaptor = DitCacheAdaptor(setting.pipe, config)
+    try:
+        adaptor.search(setting, prompts_num=len(setting.prompts))
+    finally:
+        adaptor.remove()
+    report = adaptor.last_search
+    videos, _ = setting.videos(report.config)
+    return {
+        "goal": report.goal, "config": report.config.to_dict(), "runs": report.full_runs,
+        "seconds": report.seconds, "predicted": report.chosen["predicted_speedup"],
+        "measured": setting.speedup(report.config), **setting.quality(videos),
+    }
+
+
+def _mp4_roundtrip(videos: List[np.ndarray]) -> List[np.ndarray]:
+    """What the reference compared: frames after libx264 (quality 6) and decoding."""
+    import imageio
+
+    from ditcache.video import read_video
+
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, video in enumerate(videos):
+            path = os.path.join(folder, f"{i}.mp4")
+            imageio.mimwrite(path, video, fps=8, quality=6, codec="libx264")
+            out.append(read_video(path))
+    return out
+
+
+def reference_strategy(setting: Setting, target: float, interval: int = 2) -> Dict:
+    blocks, steps, late_start = setting.blocks, setting.steps, 5
+    reuse = (steps - late_start) // interval
+    length = int(blocks * steps * (1 - 1 / target) / reuse) - 1  # the nominal minimum, rounded as it does
+    baseline = _mp4_roundtrip(setting.reference)
+    tried = {}
+
+    def score(start, count, step):
+        config = DitCacheConfig(step, interval, start, count)
+        videos, _ = setting.videos(config)
+        tried[(start, count, step)] = float(np.mean([mse(a, b) for a, b in zip(_mp4_roundtrip(videos), baseline)]))
+
+    for start in range(1, blocks):
+        if start + length <= blocks:
+            score(start, length, late_start)
+    if not tried:
+        return {"goal": f">= {target:g}x", "runs": 1, "config": None,
+                "note": f"no region of {length} blocks starting at block >= 1 fits {blocks} blocks"}
+    best_starts = [key[0] for key in sorted(tried, key=tried.get)[:3]]
+    for start in best_starts:
+        for count in range(length, length + 8):
+            if start + count < blocks:
+                for step in (0, late_start):
+                    if (count, step) != (length, late_start):
+                        score(start, count, step)
+    start, count, step = min(tried, key=tried.get)
+    config = DitCacheConfig(step, interval, start, count)
+    videos, _ = setting.videos(config)
+    nominal = blocks * steps / (blocks * steps - count * ((steps - step) - -(-(steps - step) // interval)))
+    return {"goal": f">= {target:g}x", "runs": 1 + len(tried), "config": config.to_dict(), "nominal": nominal,
+            "measured": setting.speedup(config), **setting.quality(videos)}
+
+
+def sweep(setting: Setting, starts: Sequence[int], intervals: Sequence[int]) -> List[Dict]:
+    """Every region x start x interval on the grid: measured speedup (one timed run each) and PSNR."""
+    rows = []
+    for first in range(setting.blocks):
+        for last in range(first, setting.blocks):
+            for start in starts:
+                for interval in intervals:
+                    config = DitCacheConfig(start, interval, first, last - first + 1)
+                    videos, seconds = setting.videos(config)
+                    rows.append({"config": config.to_dict(), "measured": setting.uncached_seconds / seconds,
+                                 "psnr": compare_videos(videos, setting.reference)["psnr"]})
+    return rows
+
+
+def frontier_psnr(rows: List[Dict], speedup: float) -> float:
+    """The best PSNR of any swept config at least as fast as ``speedup``."""
+    return max((r["psnr"] for r in rows if r["measured"] >= speedup), default=float("nan"))
+
+
+def table(rows: List[Dict], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="ours,reference,frontier")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
+    parser.add_argument("--floors", type=float, nargs="+", default=[35.0, 30.0])
+    parser.add_argument("--sweep-steps", type=int, default=20)
+    parser.add_argument("--sweep-prompts", type=int, default=1)
+    parser.add_argument("--sweep-starts", type=int, nargs="+", default=[0, 2, 4, 6, 8])
+    parser.add_argument("--sweep-intervals", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search.json"))
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    results: Dict[str, List[Dict]] = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    if parts & {"ours", "reference"}:
+        setting = Setting(args.steps, PROMPTS, args.cache)
+        print(f"bundled model, {setting.blocks} blocks, {args.steps} steps, {len(PROMPTS)} prompts; "
+              f"uncached run {setting.uncached_seconds:.2f} s")
+    if "ours" in parts:
+        results["ours"] = [ours(setting, t, None, os.path.join(setting.cache, f"journal-x{t:g}")) for t in args.targets]
+        results["ours"] += [ours(setting, None, f, os.path.join(setting.cache, f"journal-{f:g}dB")) for f in args.floors]
+        print("\n## ours\n" + table(results["ours"], ["goal", "config", "runs", "seconds", "predicted", "measured",
+                                                      "psnr", "ssim", "fidelity"]))
+    if "reference" in parts:
+        results["reference"] = [reference_strategy(setting, t) for t in args.targets]
+        print("\n## reference strategy\n" + table(results["reference"], ["goal", "config", "runs", "nominal",
+                                                                         "measured", "psnr", "ssim", "fidelity",
+                                                                         "note"]))
+    if "frontier" in parts:
+        short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache)
+        rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals)
+        gaps = []
+        for target in args.targets:
+            row = ours(short, target, None, os.path.join(short.cache, f"journal-x{target:g}"))
+            row["frontier_psnr"] = frontier_psnr(rows, row["measured"])
+            row["gap_db"] = row["frontier_psnr"] - row["psnr"]
+            gaps.append(row)
+        results["frontier"] = gaps
+        print(f"\n## gap to the frontier ({len(rows)} swept configs, {args.sweep_steps} steps, "
+              f"{args.sweep_prompts} prompt(s))\n" + table(gaps, ["goal", "config", "runs", "measured", "psnr",
+                                                                  "frontier_psnr", "gap_db"]))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
