@@ -76,6 +76,9 @@ class _PassState(threading.local):
         self.mode = "full"
         self.start_inputs: Optional[Dict[str, torch.Tensor]] = None
         self.deltas: Dict[int, Dict[str, torch.Tensor]] = {}
+        # reuse="taylor1": per pass, the residual's change per step and the step it was stored at
+        self.slopes: Dict[int, Dict[str, torch.Tensor]] = {}
+        self.stored_at: Dict[int, int] = {}
         self.pass_index = 0
 
 
@@ -348,6 +351,20 @@ class DitCacheAdaptor:
                 f"(allowed 0..{total - 1}); the cache would never be used"
             )
 
+    def _store(self, state: _PassState, deltas: Dict[str, torch.Tensor]) -> None:
+        """Keep a store step's residual (and, for taylor1, its change per step since the last store)."""
+        index = state.pass_index
+        previous, previous_step = state.deltas.get(index), state.stored_at.get(index)
+        state.slopes.pop(index, None)
+        if (
+            self._cache_config.reuse == "taylor1" and previous is not None and previous_step < state.step
+            and all(previous[name].shape == deltas[name].shape for name in deltas)
+        ):
+            distance = state.step - previous_step
+            state.slopes[index] = {name: (deltas[name] - previous[name]) / distance for name in deltas}
+        state.deltas[index] = deltas
+        state.stored_at[index] = state.step
+
     def _region_forward(
         self, role: str, index: int, original: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Any:
@@ -379,7 +396,8 @@ class DitCacheAdaptor:
                         f"different streams ({sorted(start_inputs or {})} vs {sorted(outputs)}); choose a region "
                         "of blocks of one kind"
                     )
-                state.deltas[state.pass_index] = {name: outputs[name] - start_inputs[name] for name in outputs}
+                deltas = {name: outputs[name] - start_inputs[name] for name in outputs}
+                self._store(state, deltas)
                 state.start_inputs = None
             return output
         # reuse: hand the inputs on; the region's last block adds the stored delta
@@ -388,7 +406,13 @@ class DitCacheAdaptor:
             deltas = state.deltas[state.pass_index]
             start_inputs = state.start_inputs
             state.start_inputs = None
-            return streams.pack({name: start_inputs[name] + deltas[name] for name in deltas})
+            slopes = state.slopes.get(state.pass_index)
+            if slopes is None:
+                return streams.pack({name: start_inputs[name] + deltas[name] for name in deltas})
+            distance = state.step - state.stored_at[state.pass_index]
+            return streams.pack(
+                {name: torch.add(start_inputs[name] + deltas[name], slopes[name], alpha=distance) for name in deltas}
+            )
         return streams.pack(streams.inputs(args, kwargs))
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 from ._atomic import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
+REUSE_MODES = ("delta", "taylor1")
 
 
 def check_int(field: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
@@ -43,6 +44,12 @@ class DitCacheConfig:
     ``cache_step_interval``-th step stores the region's residual and the others
     reuse it. ``num_sampling_steps`` is optional: when set, a run with another
     number of steps is refused instead of being silently mis-cached.
+
+    ``reuse`` says what a reuse step adds: ``"delta"`` (the spec's) adds the
+    residual of the last store step; ``"taylor1"`` extrapolates it to first
+    order from the last two store steps by the step distance (falling back to
+    the constant residual until two store steps exist). A file without the key
+    means ``"delta"``, so the spec's four-key files keep their meaning.
     """
 
     cache_step_start: int
@@ -50,6 +57,7 @@ class DitCacheConfig:
     cache_block_start: int
     cache_num_blocks: int
     num_sampling_steps: Optional[int] = None
+    reuse: str = "delta"
 
     _REQUIRED = ("cache_step_start", "cache_step_interval", "cache_block_start", "cache_num_blocks")
 
@@ -61,6 +69,8 @@ class DitCacheConfig:
         if self.num_sampling_steps is not None:
             check_int("num_sampling_steps", self.num_sampling_steps, 1)
             check_int("cache_step_start", self.cache_step_start, 0, self.num_sampling_steps - 1)
+        if self.reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}")
 
     @property
     def cache_block_end(self) -> int:
@@ -75,14 +85,16 @@ class DitCacheConfig:
             return "store"
         return "reuse"
 
-    def to_dict(self) -> Dict[str, int]:
-        """The spec's four keys, plus ``num_sampling_steps`` when it is set."""
-        out = {name: getattr(self, name) for name in self._REQUIRED}
+    def to_dict(self) -> Dict[str, Any]:
+        """The spec's four keys, plus ``num_sampling_steps`` and ``reuse`` when they are not the defaults."""
+        out: Dict[str, Any] = {name: getattr(self, name) for name in self._REQUIRED}
         if self.num_sampling_steps is not None:
             out["num_sampling_steps"] = self.num_sampling_steps
+        if self.reuse != "delta":
+            out["reuse"] = self.reuse
         return out
 
-    def __iter__(self) -> Iterator[Tuple[str, int]]:
+    def __iter__(self) -> Iterator[Tuple[str, Any]]:
         """Makes ``dict(config)`` work, as the spec's config does."""
         return iter(self.to_dict().items())
 
