@@ -181,6 +181,7 @@ class DitCacheAdaptor:
         cache_step_start: int,
         cache_step_interval: int,
         num_sampling_steps: Optional[int] = None,
+        reuse: str = "delta",
     ) -> None:
         """Apply a cache region and step schedule, and turn caching on."""
         self.set_cache_config(
@@ -190,6 +191,7 @@ class DitCacheAdaptor:
                 cache_block_start=cache_block_start,
                 cache_num_blocks=cache_num_blocks,
                 num_sampling_steps=num_sampling_steps,
+                reuse=reuse,
             )
         )
 

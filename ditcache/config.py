@@ -143,7 +143,8 @@ class DitCacheSearchConfig:
 
     Beyond the spec: ``min_psnr`` switches the goal to a quality floor (the
     fastest config whose PSNR against the uncached videos stays at or above
-    it); ``candidates_to_run`` is how many top-ranked configs are run for real
+    it); ``reuse_modes`` are the reuse modes searched (the spec's ``"delta"``
+    and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
     candidate's predicted speedup needs, against timing noise; ``journal_dir``
     makes the search resumable.
@@ -158,6 +159,7 @@ class DitCacheSearchConfig:
     candidates_to_run: int = 3
     speed_margin: float = 0.02
     journal_dir: Optional[str] = None
+    reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
 
     def __post_init__(self) -> None:
         self.cache_ratio = check_number("cache_ratio", self.cache_ratio, 1.0)
@@ -175,6 +177,13 @@ class DitCacheSearchConfig:
             0.0 <= self.speed_margin < 1.0
         ):
             raise ValueError(f"speed_margin must be a number in [0, 1), got {self.speed_margin!r}")
+        modes = tuple(self.reuse_modes) if isinstance(self.reuse_modes, (list, tuple)) else None
+        if not modes or any(mode not in REUSE_MODES for mode in modes) or len(set(modes)) != len(modes):
+            raise ValueError(
+                f"reuse_modes must be a non-empty list of distinct values from {list(REUSE_MODES)}, "
+                f"got {self.reuse_modes!r}"
+            )
+        self.reuse_modes = modes
         if self.journal_dir is not None and not isinstance(self.journal_dir, (str, os.PathLike)):
             raise ValueError(f"journal_dir must be a path or None, got {type(self.journal_dir).__name__}")
 

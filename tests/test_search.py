@@ -111,6 +111,15 @@ def test_quality_floor_gives_the_fastest_config_above_it():
     assert compare_videos(videos, Calls()(pipe))["psnr"] >= 30.0
 
 
+def test_extrapolated_reuse_is_searched_like_the_rest():
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=STEPS,
+                                                         reuse_modes=("taylor1",)))
+    config = adaptor.search(Calls(), prompts_num=2)
+    assert config.reuse == "taylor1"
+    assert all(run["config"]["reuse"] == "taylor1" for run in adaptor.last_search.runs)
+
+
 def test_unreachable_goals_name_the_best_reachable_value():
     pipe = make_pipeline()
     adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=40.0, num_sampling_steps=STEPS))

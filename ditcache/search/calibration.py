@@ -37,7 +37,7 @@ class Calibration:
     videos: List[np.ndarray]
     full_seconds: float  # the run without our instrumentation
     block_seconds: List[float]  # per block, summed over the run
-    op_seconds: float  # one add (or subtract) of the cached streams, per forward pass
+    op_seconds: Dict[str, float]  # the cache's own arithmetic per forward pass, by "<reuse mode>_<store|reuse>"
     num_steps: int
     passes: int  # forward passes over the blocks per step, summed over the callable's runs
     block_in: torch.Tensor  # (passes, steps, blocks, m): sketches of block inputs
@@ -52,7 +52,7 @@ class Calibration:
     def reference_only(cls, videos: List[np.ndarray], full_seconds: float, num_steps: int) -> "Calibration":
         """The part other ranks need to score runs: the reference videos and the time to beat."""
         empty = torch.zeros(0)
-        return cls(videos, full_seconds, [], 0.0, num_steps, 0, empty, empty)
+        return cls(videos, full_seconds, [], {}, num_steps, 0, empty, empty)
 
     def rebase(self, clean_seconds: float) -> None:
         """Take the faster of this run and a clean uncached one as the time to beat.
@@ -107,7 +107,7 @@ class CalibrationRecorder:
         self._streams: List[Optional[BlockStreams]] = [None] * len(blocks)
         self._handles: List[Any] = []
         self.instrument_seconds = 0.0
-        self.op_seconds: Optional[float] = None
+        self.op_seconds: Optional[Dict[str, float]] = None
         # (run id, pass within step) -> step -> block -> (in sketch, out sketch)
         self._records: Dict[Tuple[int, int], Dict[int, Dict[int, Tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._pass_of_step: Dict[Tuple[int, int], int] = {}
@@ -156,19 +156,28 @@ class CalibrationRecorder:
         sketch_out = torch.cat([self._sketch(outputs[name]) for name in streams.names])
         self._records.setdefault(self._current, {}).setdefault(step, {})[index] = (sketch_in, sketch_out)
         if self.op_seconds is None and index == len(self.blocks) - 1:
-            self.op_seconds = self._time_op(inputs, outputs, streams.names)
+            self.op_seconds = self._time_ops(inputs, outputs, streams.names)
 
-    def _time_op(self, inputs: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor], names) -> float:
-        """Median time of the cache's per-pass arithmetic (one add per stream) on real tensors."""
-        samples = []
-        for _ in range(5):
-            synchronize(self.device)
-            started = time.perf_counter()
-            for name in names:
-                outputs[name] - inputs[name]
-            synchronize(self.device)
-            samples.append(time.perf_counter() - started)
-        return float(np.median(samples))
+    def _time_ops(self, inputs: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor], names) -> Dict[str, float]:
+        """Median time of what the cache computes per pass, for each reuse mode, on the real tensors."""
+        pairs = [(outputs[name], inputs[name]) for name in names]
+        work = {
+            "delta_store": lambda: [out - inp for out, inp in pairs],
+            "delta_reuse": lambda: [inp + out for out, inp in pairs],
+            "taylor1_store": lambda: [((out - inp) - inp) / 3.0 for out, inp in pairs],
+            "taylor1_reuse": lambda: [torch.add(inp + out, inp, alpha=2.0) for out, inp in pairs],
+        }
+        costs = {}
+        for name, compute in work.items():
+            samples = []
+            for _ in range(5):
+                synchronize(self.device)
+                started = time.perf_counter()
+                compute()
+                synchronize(self.device)
+                samples.append(time.perf_counter() - started)
+            costs[name] = float(np.median(samples))
+        return costs
 
     def stream_names(self) -> Tuple[str, ...]:
         """The streams the first block carries (known once it has run)."""
@@ -207,7 +216,7 @@ class CalibrationRecorder:
             videos=videos,
             full_seconds=run_seconds - self.instrument_seconds,
             block_seconds=list(self.timer.seconds),
-            op_seconds=self.op_seconds or 0.0,
+            op_seconds=self.op_seconds or {},
             num_steps=num_steps,
             passes=len(trajectories),
             block_in=sketch_in,

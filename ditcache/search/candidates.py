@@ -7,15 +7,18 @@ Predicted error ("proxy"): the error a config injects at its region's output,
 summed over its reuse steps. On a reuse step ``t`` with store step ``t0`` the
 region returns ``in_s(t) + delta(t0)`` instead of ``in_s(t) + delta(t)``; the
 squared size of ``delta(t) - delta(t0)`` relative to the model's final hidden
-state at ``t`` is that step's contribution. It ranks configs; the best few are
-then run for real.
+state at ``t`` is that step's contribution. With ``reuse="taylor1"`` the region
+returns the residual extrapolated from the two store steps before ``t``, and
+the error is measured against that. It ranks configs; the best few are then
+run for real.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
 
 from ..config import DitCacheConfig
 from .calibration import Calibration
@@ -29,7 +32,8 @@ class Candidate:
 
     def key(self) -> str:
         c = self.config
-        return f"s{c.cache_block_start}-n{c.cache_num_blocks}-t{c.cache_step_start}-i{c.cache_step_interval}"
+        return (f"s{c.cache_block_start}-n{c.cache_num_blocks}-t{c.cache_step_start}-i{c.cache_step_interval}"
+                f"-{c.reuse}")
 
 
 def _step_counts(num_steps: int, start: int, interval: int) -> tuple:
@@ -44,7 +48,9 @@ def predicted_seconds(cal: Calibration, config: DitCacheConfig) -> float:
     store, reuse = _step_counts(cal.num_steps, config.cache_step_start, config.cache_step_interval)
     region = cal.block_seconds[config.cache_block_start : config.cache_block_end + 1]
     skipped = sum(region) * reuse / cal.num_steps
-    arithmetic = cal.op_seconds * cal.passes * (store + reuse)
+    costs = cal.op_seconds
+    arithmetic = cal.passes * (store * costs.get(f"{config.reuse}_store", 0.0)
+                               + reuse * costs.get(f"{config.reuse}_reuse", 0.0))
     return cal.full_seconds - skipped + arithmetic
 
 
@@ -52,46 +58,75 @@ def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
     return cal.full_seconds / predicted_seconds(cal, config)
 
 
-def _lag_errors(cal: Calibration, max_interval: int) -> Dict[tuple, np.ndarray]:
-    """For each region (s, e): errors[t, lag] of reusing the delta of step t - lag at step t."""
+class _RegionErrors:
+    """Squared errors of reusing a region's residual, relative to the final hidden state, per step.
+
+    ``constant[t, k]``: reusing the residual of step ``t - k`` at step ``t``.
+    ``taylor[iv][t, k]``: reusing it extrapolated from steps ``t - k - iv`` and ``t - k``.
+    """
+
+    def __init__(self, delta: "torch.Tensor", scale: "torch.Tensor", max_interval: int, taylor: bool) -> None:
+        steps = delta.shape[1]
+        self.constant = np.full((steps, max_interval), np.nan)
+        for lag in range(1, min(max_interval, steps)):
+            diff = delta[:, lag:] - delta[:, :-lag]
+            self.constant[lag:, lag] = ((diff * diff).sum(dim=(0, 2)) / scale[lag:]).numpy()
+        self.taylor = {}
+        if not taylor:
+            return
+        for interval in range(2, max_interval + 1):
+            errors = np.full((steps, interval), np.nan)
+            for lag in range(1, interval):
+                back = lag + interval  # the older store step is t - lag - interval
+                if back >= steps:
+                    continue
+                recent, older = delta[:, interval : steps - lag], delta[:, : steps - back]
+                guess = recent + (recent - older) * (lag / interval)
+                diff = delta[:, back:] - guess
+                errors[back:, lag] = ((diff * diff).sum(dim=(0, 2)) / scale[back:]).numpy()
+            self.taylor[interval] = errors
+
+    def proxy(self, start: int, interval: int, reuse: str) -> float:
+        steps = self.constant.shape[0]
+        t = np.arange(start, steps)
+        phase = (t - start) % interval
+        reused = phase != 0
+        t, phase = t[reused], phase[reused]
+        errors = self.constant[t, phase]
+        if reuse == "taylor1":
+            extrapolated = t - phase - interval >= start  # two store steps exist before t
+            errors = np.where(extrapolated, self.taylor[interval][t, phase], errors)
+        return float(errors.sum())
+
+
+def enumerate_candidates(cal: Calibration, max_interval: int,
+                         reuse_modes: Sequence[str] = ("delta",)) -> List[Candidate]:
+    """Every (region, step start, interval, reuse mode) with its predicted speedup and proxy error."""
     steps = cal.num_steps
     final = cal.block_out[:, :, -1, :].double()
     scale = (final * final).sum(dim=(0, 2)).clamp_min(1e-30)  # (steps,)
-    out: Dict[tuple, np.ndarray] = {}
     blocks = cal.block_in.shape[2]
-    for s in range(blocks):
-        start = cal.block_in[:, :, s, :].double()
-        for e in range(s, blocks):
-            delta = cal.block_out[:, :, e, :].double() - start  # (passes, steps, m)
-            errors = np.zeros((steps, max_interval))
-            for lag in range(1, min(max_interval, steps)):
-                diff = delta[:, lag:, :] - delta[:, :-lag, :]
-                errors[lag:, lag] = ((diff * diff).sum(dim=(0, 2)) / scale[lag:]).numpy()
-            out[(s, e)] = errors
-    return out
-
-
-def enumerate_candidates(cal: Calibration, max_interval: int) -> List[Candidate]:
-    """Every (region, step start, interval) with its predicted speedup and proxy error."""
-    steps = cal.num_steps
-    errors = _lag_errors(cal, max_interval)
     candidates = []
-    t = np.arange(steps)
-    for (s, e), lag_errors in errors.items():
-        for interval in range(2, max_interval + 1):
-            for start in range(0, steps - 1):
-                phase = (t[start:] - start) % interval
-                proxy = float(lag_errors[t[start:], phase].sum())
-                config = DitCacheConfig(
-                    cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
-                    cache_num_blocks=e - s + 1, num_sampling_steps=steps,
-                )
-                candidates.append(Candidate(config, predicted_speedup(cal, config), proxy))
+    for s in range(blocks):
+        start_state = cal.block_in[:, :, s, :].double()
+        for e in range(s, blocks):
+            errors = _RegionErrors(cal.block_out[:, :, e, :].double() - start_state, scale, max_interval,
+                                   "taylor1" in reuse_modes)
+            for reuse in reuse_modes:
+                for interval in range(2, max_interval + 1):
+                    for start in range(0, steps - 1):
+                        config = DitCacheConfig(
+                            cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
+                            cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
+                        )
+                        candidates.append(
+                            Candidate(config, predicted_speedup(cal, config), errors.proxy(start, interval, reuse))
+                        )
     return candidates
 
 
 def pareto_front(candidates: List[Candidate]) -> List[Candidate]:
-    """Candidates no other beats on both predicted speedup and proxy, fastest last."""
+    """Candidates no other beats on both predicted speedup and proxy, slowest first."""
     ordered = sorted(candidates, key=lambda c: (-c.predicted_speedup, c.proxy))
     front, best = [], float("inf")
     for candidate in ordered:
@@ -102,11 +137,12 @@ def pareto_front(candidates: List[Candidate]) -> List[Candidate]:
 
 
 def best_for_target(candidates: List[Candidate], target: float, count: int) -> List[Candidate]:
-    """The ``count`` lowest-proxy candidates predicted to reach ``target``, one per (region, interval)."""
-    reaching = [c for c in candidates if c.predicted_speedup >= target]
+    """The ``count`` lowest-proxy candidates predicted to reach ``target``, one per (region, interval, reuse)."""
     best: Dict[tuple, Candidate] = {}
-    for c in reaching:
-        key = (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval)
+    for c in candidates:
+        if c.predicted_speedup < target:
+            continue
+        key = (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval, c.config.reuse)
         if key not in best or c.proxy < best[key].proxy:
             best[key] = c
     return sorted(best.values(), key=lambda c: c.proxy)[:count]

@@ -96,7 +96,8 @@ class CacheSearch:
         try:
             self.calibration = self._calibrate(run_videos, prompts_num)
             if self.context.is_main:
-                self.candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval)
+                self.candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval,
+                                                       self.config.reuse_modes)
             if self.config.min_psnr is None:
                 chosen = self._for_speedup(run_videos, prompts_num)
             else:
