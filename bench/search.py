@@ -16,6 +16,7 @@ Every run is cached under --cache, so an interrupted benchmark resumes.
 
     python bench/search.py                       # everything (long on 2 CPU cores)
     python bench/search.py --parts ours,reference
+    python bench/search.py --parts reuse         # constant vs extrapolated (taylor1) reuse
 """
 from __future__ import annotations
 
@@ -89,9 +90,10 @@ class Setting:
         return {**scores, "fidelity": fidelity["mean"]}
 
 
-def ours(setting: Setting, target: Optional[float], floor: Optional[float], journal: str) -> Dict:
+def ours(setting: Setting, target: Optional[float], floor: Optional[float], journal: str,
+         reuse_modes: Sequence[str] = ("delta", "taylor1")) -> Dict:
     config = DitCacheSearchConfig(cache_ratio=target or 1.3, min_psnr=floor, num_sampling_steps=setting.steps,
-                                  journal_dir=journal)
+                                  journal_dir=journal, reuse_modes=tuple(reuse_modes))
     adaptor = DitCacheAdaptor(setting.pipe, config)
     try:
         adaptor.search(setting, prompts_num=len(setting.prompts))
@@ -173,6 +175,32 @@ def frontier_psnr(rows: List[Dict], speedup: float) -> float:
     return max((r["psnr"] for r in rows if r["measured"] >= speedup), default=float("nan"))
 
 
+def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -> List[Dict]:
+    """Constant against extrapolated reuse: each searched alone at every target, and plotted."""
+    rows = []
+    for mode in ("delta", "taylor1"):
+        for target in targets:
+            row = ours(setting, target, None, os.path.join(setting.cache, f"journal-{mode}-x{target:g}"), (mode,))
+            rows.append({"reuse": mode, **row})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
+    for mode, marker in (("delta", "o"), ("taylor1", "s")):
+        points = sorted((r["measured"], r["psnr"]) for r in rows if r["reuse"] == mode)
+        axis.plot(*zip(*points), marker=marker, label=f"reuse={mode}")
+    axis.set_xlabel("measured speedup (x)")
+    axis.set_ylabel("PSNR vs uncached (dB)")
+    axis.set_title(f"bundled model, {setting.steps} steps: searched configs")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plot_path)
+    return rows
+
+
 def table(rows: List[Dict], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
@@ -186,7 +214,7 @@ def table(rows: List[Dict], columns: Sequence[str]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ours,reference,frontier")
+    parser.add_argument("--parts", default="ours,reference,reuse,frontier")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
     parser.add_argument("--floors", type=float, nargs="+", default=[35.0, 30.0])
@@ -201,7 +229,7 @@ def main(argv=None) -> None:
     results: Dict[str, List[Dict]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    if parts & {"ours", "reference"}:
+    if parts & {"ours", "reference", "reuse"}:
         setting = Setting(args.steps, PROMPTS, args.cache)
         print(f"bundled model, {setting.blocks} blocks, {args.steps} steps, {len(PROMPTS)} prompts; "
               f"uncached run {setting.uncached_seconds:.2f} s")
@@ -215,6 +243,11 @@ def main(argv=None) -> None:
         print("\n## reference strategy\n" + table(results["reference"], ["goal", "config", "runs", "nominal",
                                                                          "measured", "psnr", "ssim", "fidelity",
                                                                          "note"]))
+    if "reuse" in parts:
+        plot = os.path.join(os.path.dirname(args.out), "reuse.png")
+        results["reuse"] = reuse_frontier(setting, [t for t in args.targets if t >= 1.5], plot)
+        print(f"\n## constant vs extrapolated reuse (plot: {plot})\n" + table(
+            results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity"]))
     if "frontier" in parts:
         short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache)
         rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals)
