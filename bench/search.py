@@ -226,6 +226,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search.json"))
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     results: Dict[str, List[Dict]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -261,7 +262,6 @@ def main(argv=None) -> None:
         print(f"\n## gap to the frontier ({len(rows)} swept configs, {args.sweep_steps} steps, "
               f"{args.sweep_prompts} prompt(s))\n" + table(gaps, ["goal", "config", "runs", "measured", "psnr",
                                                                   "frontier_psnr", "gap_db"]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     sys.stdout.flush()
 
