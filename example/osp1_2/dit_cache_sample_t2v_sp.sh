@@ -1,21 +1,10 @@
 #!/bin/bash
-# Sample Open-Sora-Plan v1.2 videos with a searched DiT cache config.
-NPROC=${NPROC:-8}
+# Sample Open-Sora-Plan v1.2 videos with a searched DiT cache config (paths in osp_model.sh).
+source "$(dirname "$0")/osp_model.sh"
 torchrun --nnodes=1 --nproc_per_node "$NPROC" --master_port 29503 \
-    -m example.osp1_2.sample_t2v_sp \
-    --model_path /path/to/checkpoint-xxx/model_ema \
-    --ae CausalVAEModel_4x8x8 \
-    --ae_path /path/to/causalvideovae \
-    --text_encoder_name google/mt5-xxl \
-    --num_frames 29 \
-    --height 480 \
-    --width 640 \
-    --text_prompt examples/prompt_list_0.txt \
+    -m example.osp1_2.sample_t2v_sp "${OSP_ARGS[@]}" \
+    --num_sampling_steps 100 \
     --save_img_path ./sample_video_test \
     --fps 24 \
-    --guidance_scale 7.5 \
-    --num_sampling_steps 100 \
-    --sample_method EulerAncestralDiscrete \
-    --model_type dit \
     --dit_cache_config ./dit_cache_config.json \
     "$@"
