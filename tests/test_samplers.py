@@ -201,3 +201,18 @@ def test_a_failing_rank_ends_every_rank_promptly(tmp_path):
     assert result.returncode != 0
     assert "rank 1 cannot go on" in result.stderr
     assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("script", ["dit_cache_search_t2v_sp.sh", "dit_cache_sample_t2v_sp.sh"])
+def test_spec_scripts_reach_the_open_sora_plan_backend(tmp_path, script):
+    if importlib_available("opensora"):
+        pytest.skip("opensora is installed here")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "prompts.txt").write_text("a dog running on the beach\n")
+    (tmp_path / "dit_cache_config.json").write_text(json.dumps(DitCacheConfig(20, 2, 8, 4).to_dict()))
+    env = {**os.environ, "PYTHONPATH": ROOT, "NPROC": "1", "OSP_MODEL_PATH": str(tmp_path / "ckpt"),
+           "OSP_PROMPTS": str(tmp_path / "prompts.txt"), "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ.get("PATH", "")}
+    result = subprocess.run(["bash", os.path.join(ROOT, "example", "osp1_2", script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "needs its `opensora` package" in result.stderr
