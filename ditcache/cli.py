@@ -44,21 +44,35 @@ def _run_sample(args: argparse.Namespace) -> None:
         device = torch.device(args.device)
     except RuntimeError as err:
         raise ValueError(f"--device {args.device!r} is invalid: {err}") from None
+    cache_config = None
+    steps = args.steps
+    if args.dit_cache_config is not None:
+        from . import DitCacheConfig
+
+        cache_config = DitCacheConfig.load(args.dit_cache_config)
+        searched = cache_config.num_sampling_steps
+        if steps is None:
+            steps = searched
+        elif searched is not None and searched != steps:
+            raise ValueError(f"--steps {steps} does not match the {searched} steps --dit-cache-config was searched for")
     pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=device)
     try:
         pipe.tokenizer(args.prompt)
     except ValueError as err:
         raise ValueError(f"--prompt: {err}") from None
-    video = pipe(
-        args.prompt,
-        num_frames=args.frames,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps,
-        guidance_scale=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
-        seed=args.seed,
-        progress=not args.quiet,
-    ).images[0]
+    from . import dit_cache
+
+    with dit_cache(pipe, cache_config):
+        video = pipe(
+            args.prompt,
+            num_frames=args.frames,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=DEFAULT_STEPS if steps is None else steps,
+            guidance_scale=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
+            seed=args.seed,
+            progress=not args.quiet,
+        ).images[0]
     write_video(args.out, video, fps=args.fps)
     if args.png is not None:
         write_contact_sheet(args.png, video)
@@ -84,10 +98,98 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a saved pipeline directory (default: the bundled weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search`")
     p.set_defaults(handler=_run_sample)
 
 
-_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_register_sample]
+DEFAULT_SEARCH_PROMPTS = ("a red circle moving right", "a blue square moving up")
+
+
+def _read_prompts(path: Optional[str]) -> List[str]:
+    if path is None:
+        return list(DEFAULT_SEARCH_PROMPTS)
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            prompts = [line.strip() for line in handle if line.strip()]
+    except OSError as err:
+        raise ValueError(f"--prompts {path!r} cannot be read: {err.strerror}") from None
+    if not prompts:
+        raise ValueError(f"--prompts {path!r} holds no prompts (one a line)")
+    return prompts
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    import logging
+    import os
+
+    from . import DitCacheAdaptor, DitCacheSearchConfig
+    from .models.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_bundled_pipeline
+
+    if args.cache_ratio is not None and args.min_psnr is not None:
+        raise ValueError("give either --cache-ratio (a speedup target) or --min-psnr (a quality floor), not both")
+    if not args.out.lower().endswith(".json"):
+        raise ValueError(f"--out {args.out!r} is invalid: it must be a .json path")
+    prompts = _read_prompts(args.prompts)
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    config = DitCacheSearchConfig(
+        cache_ratio=1.3 if args.cache_ratio is None else args.cache_ratio, min_psnr=args.min_psnr,
+        num_sampling_steps=steps, journal_dir=args.journal or os.path.splitext(args.out)[0] + ".journal",
+        cache_step_interval=args.max_interval, reuse_modes=tuple(args.reuse),
+    )
+    pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=args.device)
+    for prompt in prompts:
+        try:
+            pipe.tokenizer(prompt)
+        except ValueError as err:
+            raise ValueError(f"--prompts: {err}") from None
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+
+    def run_pipeline_and_save_videos(pipeline):
+        return list(pipeline(prompts, num_frames=args.frames, height=args.height, width=args.width,
+                             num_inference_steps=steps, guidance_scale=guidance, seed=args.seed,
+                             progress=False).images)
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    adaptor = DitCacheAdaptor(pipe, config)
+    try:
+        adaptor.search(run_pipeline_and_save_videos, prompts_num=len(prompts))
+    finally:
+        adaptor.remove()
+    report = adaptor.last_search
+    written = report.save(args.out)
+    if not args.quiet:
+        print(report.table())
+        print(report.summary())
+        print("wrote " + ", ".join(written))
+
+
+def _register_search(subparsers: argparse._SubParsersAction) -> None:
+    from .models.pipeline import SCHEDULERS
+
+    p = subparsers.add_parser("search", help="search a DiT cache config on the bundled model")
+    p.add_argument("--cache-ratio", type=float, help="speedup target, measured end to end (default 1.3)")
+    p.add_argument("--min-psnr", type=float, help="quality floor in dB instead: the fastest config above it")
+    p.add_argument("--prompts", help="a text file with one prompt a line (default: two built-in prompts)")
+    p.add_argument("--out", default="dit_cache_config.json", help="the config; a .search.json table and a "
+                   ".search.png plot are written beside it")
+    p.add_argument("--journal", help="resumable journal folder (default: beside --out)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
+    p.add_argument("--max-interval", type=int, default=4, help="largest reuse interval tried")
+    p.add_argument("--reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"],
+                   help="reuse modes tried")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    p.add_argument("--scheduler", default="euler_ancestral", choices=sorted(SCHEDULERS))
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--height", type=int, default=32)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--model", help="a saved pipeline directory (default: the bundled weights)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(handler=_run_search)
+
+
+_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_register_sample, _register_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

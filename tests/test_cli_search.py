@@ -1,0 +1,62 @@
+"""`ditcache search` then `ditcache sample --dit-cache-config` on the bundled model."""
+import json
+
+import pytest
+
+from ditcache import DitCacheConfig
+from ditcache.cli import main
+from ditcache.video import read_video
+
+
+@pytest.mark.slow
+def test_search_then_sample_with_the_config(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a green triangle moving left\n")
+    out = tmp_path / "dit_cache_config.json"
+    assert main(["search", "--prompts", str(prompts), "--steps", "10", "--min-psnr", "30", "--out", str(out),
+                 "--quiet"]) == 0
+    config = DitCacheConfig.load(out)
+    assert config.num_sampling_steps == 10
+    report = json.loads((tmp_path / "dit_cache_config.search.json").read_text())
+    assert report["chosen"]["psnr"] >= 30 and report["full_runs"] >= 3
+    assert (tmp_path / "dit_cache_config.search.png").exists()
+    video = tmp_path / "clip.mp4"
+    assert main(["sample", "--prompt", "a green triangle moving left", "--out", str(video), "--quiet",
+                 "--dit-cache-config", str(out)]) == 0
+    assert read_video(str(video)).shape == (8, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["search", "--cache-ratio", "1.5", "--min-psnr", "30"], "either --cache-ratio"),
+        (["search", "--out", "config.txt"], "--out 'config.txt' is invalid: it must be a .json path"),
+        (["search", "--prompts", "/nonexistent/prompts.txt"], "--prompts '/nonexistent/prompts.txt' cannot be read"),
+        (["search", "--cache-ratio", "0.9"], "cache_ratio must be a finite number > 1.0, got 0.9"),
+        (["search", "--reuse", "taylor9"], "invalid choice: 'taylor9'"),
+    ],
+)
+def test_bad_search_input(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_words_in_the_prompts_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a purple circle moving right\n")
+    with pytest.raises(SystemExit):
+        main(["search", "--prompts", str(prompts), "--out", str(tmp_path / "c.json")])
+    error = capsys.readouterr().err
+    assert "--prompts:" in error and "purple" in error
+
+
+def test_sample_refuses_a_config_for_other_steps(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    DitCacheConfig(2, 2, 0, 4, num_sampling_steps=20).save(config)
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a red circle moving up", "--out", str(tmp_path / "a.mp4"), "--steps", "30",
+              "--dit-cache-config", str(config)])
+    assert "--steps 30 does not match the 20 steps" in capsys.readouterr().err
