@@ -32,6 +32,10 @@ def make_dir(path, count=5, prompts=None):
         ("monte_carlo_iters", 6, r"monte_carlo_iters=6 is invalid: must be an int in \[1, 5\]"),
         ("monte_carlo_iters", True, "monte_carlo_iters=True is invalid"),
         ("seed", -1, "seed=-1 is invalid: must be an int >= 0"),
+        ("guidance_scale", 0.5, "guidance_scale=0.5 is invalid: must be a finite number >= 1"),
+        ("guidance_scale", float("nan"), "guidance_scale=nan is invalid"),
+        ("guidance_scale", "4", "guidance_scale='4' is invalid"),
+        ("guidance_scale", True, "guidance_scale=True is invalid"),
     ],
 )
 def test_bad_fields(tmp_path, field, value, message):

@@ -61,7 +61,8 @@ class ReStepAdaptor:
         schedule, last = journal.schedule, config.num_sampling_steps - 2
         if journal.next_point <= last:
             latents = encode_clips(self.pipeline, read_clips(clips))
-            denoiser = Denoiser(self.pipeline, self.scheduler, [clip.prompt for clip in clips], BATCH_SIZE)
+            prompts = [clip.prompt for clip in clips]
+            denoiser = Denoiser(self.pipeline, self.scheduler, prompts, BATCH_SIZE, config.guidance_scale)
             with tqdm(total=last, initial=journal.next_point - 1, desc="timestep search", unit="point") as bar:
                 for i in range(journal.next_point, last + 1):
                     schedule[i] = self._best_position(schedule, i, latents, denoiser)
@@ -76,6 +77,7 @@ class ReStepAdaptor:
             "num_sampling_steps": config.num_sampling_steps,
             "neighbour_type": config.neighbour_type,
             "monte_carlo_iters": config.monte_carlo_iters,
+            "guidance_scale": config.guidance_scale,
             "seed": config.seed,
             "start": start,
             "prediction_type": self.scheduler.config.prediction_type,

@@ -82,7 +82,7 @@ def encode_clips(pipeline: Any, videos: np.ndarray) -> torch.Tensor:
                 latents.append(encode(video[None]))
                 continue
             pixels = torch.from_numpy(video[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-            out = vae.encode(pixels.to(device=pipeline.device, dtype=vae.dtype))
+            out = vae.encode(pixels.to(device=pipeline.device, dtype=next(vae.parameters()).dtype))
             if not torch.is_tensor(out):
                 out = out.latent_dist.mode() * getattr(vae.config, "scaling_factor", 1.0)
             latents.append(out)

@@ -22,7 +22,8 @@ class ReStepSearchConfig:
     """Where the calibration videos are, where results go, and how hard to search.
 
     ``monte_carlo_iters`` is how many calibration clips (each with fresh noise) score every
-    candidate timestep; ``seed`` makes the search repeatable.
+    candidate timestep; ``guidance_scale`` should be the one you sample with (1 = the conditional
+    model alone, half the cost); ``seed`` makes the search repeatable.
     """
 
     videos_path: Optional[str] = None
@@ -30,6 +31,7 @@ class ReStepSearchConfig:
     neighbour_type: str = "uniform"
     monte_carlo_iters: int = 5
     num_sampling_steps: int = 50
+    guidance_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -37,6 +39,10 @@ class ReStepSearchConfig:
             raise ValueError(f"neighbour_type={self.neighbour_type!r} is invalid: allowed values are {list(NEIGHBOUR_TYPES)}")
         if not _is_int(self.num_sampling_steps) or self.num_sampling_steps < MIN_STEPS:
             raise ValueError(f"num_sampling_steps={self.num_sampling_steps!r} is invalid: must be an int >= {MIN_STEPS}")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not (
+            1.0 <= self.guidance_scale < float("inf")
+        ):
+            raise ValueError(f"guidance_scale={self.guidance_scale!r} is invalid: must be a finite number >= 1 (1 = no guidance)")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} is invalid: must be an int >= 0")
         count = len(find_clips(self.videos_path))

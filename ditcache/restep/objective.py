@@ -18,14 +18,22 @@ KLUB_C = 0.5  # the data scale c in the KLUB weight
 
 
 class Denoiser:
-    """D(x_t, t) of a pipeline's transformer, each clip conditioned on its own prompt ("" = unconditional)."""
+    """D(x_t, t) of a pipeline's transformer, each clip conditioned on its own prompt ("" = unconditional).
 
-    def __init__(self, pipeline: Any, scheduler: TimestepEulerAncestralScheduler, prompts: Sequence[str], batch_size: int) -> None:
+    With ``guidance_scale`` > 1 and known prompts, D is the classifier-free-guided estimate the sampler
+    itself follows (one forward on a doubled batch, as the pipelines do).
+    """
+
+    def __init__(
+        self, pipeline: Any, scheduler: TimestepEulerAncestralScheduler, prompts: Sequence[str], batch_size: int,
+        guidance_scale: float = 1.0,
+    ) -> None:
         self.transformer = pipeline.transformer
         self.scheduler = scheduler
         self.batch_size = batch_size
         self.device = pipeline.device
-        self.states, self.mask = pipeline.encode_prompt(list(prompts))
+        self.guidance_scale = guidance_scale if any(prompts) else 1.0  # no prompts: nothing to guide towards
+        self.states, self.mask = pipeline.encode_prompt(list(prompts) + [""])[:2]  # the last row: unconditional
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor, noise: torch.Tensor, clips: torch.Tensor, timesteps: Sequence[float]) -> tuple:
@@ -52,13 +60,20 @@ class Denoiser:
     def _estimate(self, noisy: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
         scale = (sigma**2 + 1) ** 0.5
         dtype = getattr(self.transformer, "dtype", torch.float32)
+        model_input, rows = (noisy / scale).to(dtype), clips.to(self.states.device)
+        guided = self.guidance_scale > 1.0
+        if guided:  # unconditional rows first, as the pipelines batch them
+            model_input, t = torch.cat([model_input] * 2), torch.cat([t] * 2)
+            rows = torch.cat([torch.full_like(rows, len(self.states) - 1), rows])
         out = self.transformer(
-            (noisy / scale).to(dtype), timestep=t.to(self.device),
-            encoder_hidden_states=self.states[clips.to(self.states.device)],
-            encoder_attention_mask=self.mask[clips.to(self.mask.device)],
+            model_input, timestep=t.to(self.device), encoder_hidden_states=self.states[rows],
+            encoder_attention_mask=self.mask[rows],
         )[0].float()
         if out.shape[1] == 2 * noisy.shape[1]:  # models that also predict the variance (learned sigma)
             out = out[:, : noisy.shape[1]]
+        if guided:
+            uncond, cond = out.chunk(2)
+            out = uncond + self.guidance_scale * (cond - uncond)
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
             return noisy - sigma * out
