@@ -55,7 +55,15 @@ def _run_sample(args: argparse.Namespace) -> None:
             steps = searched
         elif searched is not None and searched != steps:
             raise ValueError(f"--steps {steps} does not match the {searched} steps --dit-cache-config was searched for")
-    pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=device)
+    scheduler, timesteps = args.scheduler, None
+    if args.schedule_timestep is not None:
+        from .restep import read_schedule_timesteps
+
+        timesteps = read_schedule_timesteps(args.schedule_timestep, args.steps)
+        steps = len(timesteps)
+        if scheduler == "euler_ancestral":
+            scheduler = "euler_ancestral_timesteps"  # the same sampler; the stock class refuses timesteps=
+    pipe = load_bundled_pipeline(args.model, scheduler=scheduler, device=device)
     try:
         pipe.tokenizer(args.prompt)
     except ValueError as err:
@@ -71,6 +79,7 @@ def _run_sample(args: argparse.Namespace) -> None:
             num_inference_steps=DEFAULT_STEPS if steps is None else steps,
             guidance_scale=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
             seed=args.seed,
+            timesteps=timesteps,
             progress=not args.quiet,
         ).images[0]
     write_video(args.out, video, fps=args.fps)
@@ -99,6 +108,10 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search`")
+    p.add_argument(
+        "--schedule-timestep", "--schedule_timestep", dest="schedule_timestep", metavar="FILE",
+        help="sample at the timesteps of a ReStep schedule file (searched_schedule.txt); --steps may be omitted",
+    )
     p.set_defaults(handler=_run_sample)
 
 
