@@ -30,7 +30,7 @@ def search_dit_cache(args, context) -> None:
     journal = args.journal_dir or os.path.splitext(args.cache_save_path)[0] + ".journal"
     config = DitCacheSearchConfig(
         cache_ratio=args.cache_ratio or 1.3, min_psnr=args.min_psnr, num_sampling_steps=args.num_sampling_steps,
-        cache_step_interval=args.cache_step_interval, journal_dir=journal,
+        cache_step_interval=args.cache_step_interval, journal_dir=journal, candidates_to_run=args.candidates_to_run,
     )
     adaptor = DitCacheAdaptor(backend.pipeline, config, backend.block_path)
     try:
