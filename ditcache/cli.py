@@ -89,13 +89,10 @@ def _run_sample(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
 
 
-def _register_sample(subparsers: argparse._SubParsersAction) -> None:
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The bundled model's sampling settings, shared by the subcommands."""
     from .models.pipeline import SCHEDULERS
 
-    p = subparsers.add_parser("sample", help="generate a clip with the bundled text-to-video DiT")
-    p.add_argument("--prompt", required=True, help='e.g. "a red circle moving right"')
-    p.add_argument("--out", required=True, help="output .mp4 path")
-    p.add_argument("--png", help="also write a PNG contact sheet of the frames here")
     p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
@@ -103,10 +100,18 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--height", type=int, default=32)
     p.add_argument("--width", type=int, default=32)
-    p.add_argument("--fps", type=int, default=8)
     p.add_argument("--model", help="a saved pipeline directory (default: the bundled weights)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def _register_sample(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sample", help="generate a clip with the bundled text-to-video DiT")
+    p.add_argument("--prompt", required=True, help='e.g. "a red circle moving right"')
+    p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--png", help="also write a PNG contact sheet of the frames here")
+    _add_model_flags(p)
+    p.add_argument("--fps", type=int, default=8)
     p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search`")
     p.add_argument(
         "--schedule-timestep", "--schedule_timestep", dest="schedule_timestep", metavar="FILE",
@@ -177,8 +182,6 @@ def _run_search(args: argparse.Namespace) -> None:
 
 
 def _register_search(subparsers: argparse._SubParsersAction) -> None:
-    from .models.pipeline import SCHEDULERS
-
     p = subparsers.add_parser("search", help="search a DiT cache config on the bundled model")
     p.add_argument("--cache-ratio", type=float, help="speedup target, measured end to end (default 1.3)")
     p.add_argument("--min-psnr", type=float, help="quality floor in dB instead: the fastest config above it")
@@ -186,19 +189,10 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="dit_cache_config.json", help="the config; a .search.json table and a "
                    ".search.png plot are written beside it")
     p.add_argument("--journal", help="resumable journal folder (default: beside --out)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
     p.add_argument("--max-interval", type=int, default=4, help="largest reuse interval tried")
     p.add_argument("--reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"],
                    help="reuse modes tried")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
-    p.add_argument("--scheduler", default="euler_ancestral", choices=sorted(SCHEDULERS))
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--height", type=int, default=32)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--model", help="a saved pipeline directory (default: the bundled weights)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    _add_model_flags(p)
     p.set_defaults(handler=_run_search)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Union
 
 from .adaptor import DEFAULT_BLOCK_PATH, DitCacheAdaptor, as_cache_config
 from .config import DitCacheConfig

@@ -7,10 +7,11 @@ half-written video under the final name. The backends are optional extras, impor
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 _EXTRA_HINT = "pip install ditcache[video]"
 
@@ -30,19 +31,9 @@ def _check_video(video: np.ndarray, name: str = "video") -> np.ndarray:
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write through a temporary file beside ``path`` (its folder created if needed), then rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
 
 
 def write_video(path: str, video: np.ndarray, fps: int = 8) -> None:

@@ -78,12 +78,8 @@ def test_explicit_set_timestep_idx_every_step_every_call():
 
 def test_missing_step_information_is_a_clear_error():
     model = ToyTransformer()
-
-    class Holder:
-        transformer = model
-
     steps._clock.__init__()  # a thread that never set a step
-    with dit_cache(Holder(), CONFIG):
+    with dit_cache(Holder(model), CONFIG):
         with pytest.raises(ValueError, match="set_timestep_idx"):
             model(torch.randn(1, 4, 4), torch.tensor(10))
 
@@ -144,23 +140,30 @@ class HandMadeScheduler:
         return out
 
 
+def sample_with(scheduler, steps, model):
+    """A hand-written loop over a scheduler that is not from diffusers, under the cache."""
+    model.log.clear()
+    scheduler.set_timesteps(steps)
+    x = torch.randn(1, 4, 4)
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            model.clock["step"] = i
+            x = scheduler.step(model(x, t), t, x)
+    assert_follows_rule(model.log, steps)
+
+
+class Holder:
+    """A pipeline-like object without a `scheduler` attribute: something else must tell the step."""
+
+    def __init__(self, model):
+        self.transformer = model
+
+
 def test_timestep_aware_on_a_custom_scheduler_class():
-    scheduler = HandMadeScheduler()
     model = ToyTransformer().eval()
-
-    class Holder:
-        transformer = model
-
-    with dit_cache(Holder(), CONFIG):  # no `scheduler` attribute: the decorated class tells the step
+    with dit_cache(Holder(model), CONFIG):  # the decorated class tells the step
         for _ in range(2):
-            model.log.clear()
-            scheduler.set_timesteps(9)
-            x = torch.randn(1, 4, 4)
-            with torch.no_grad():
-                for i, t in enumerate(scheduler.timesteps):
-                    model.clock["step"] = i
-                    x = scheduler.step(model(x, t), t, x)
-            assert_follows_rule(model.log, 9)
+            sample_with(HandMadeScheduler(), 9, model)
 
 
 def test_timestep_aware_on_a_step_method_alone():
@@ -172,29 +175,15 @@ def test_timestep_aware_on_a_step_method_alone():
         def step(self, model_output, timestep, sample):
             return sample - 0.1 * model_output
 
-    scheduler = Scheduler()
     model = ToyTransformer().eval()
-
-    class Holder:
-        transformer = model
-
-    with dit_cache(Holder(), CONFIG):
+    scheduler = Scheduler()
+    with dit_cache(Holder(model), CONFIG):
         for _ in range(2):  # the run ends after len(timesteps) steps, so the next starts at 0
-            model.log.clear()
-            scheduler.set_timesteps(8)
-            x = torch.randn(1, 4, 4)
-            with torch.no_grad():
-                for i, t in enumerate(scheduler.timesteps):
-                    model.clock["step"] = i
-                    x = scheduler.step(model(x, t), t, x)
-            assert_follows_rule(model.log, 8)
+            sample_with(scheduler, 8, model)
 
 
 def test_timestep_aware_on_a_loop_function():
     model = ToyTransformer().eval()
-
-    class Holder:
-        transformer = model
 
     @timestep_aware
     def denoise(x, timesteps, scale=0.05):
@@ -203,7 +192,7 @@ def test_timestep_aware_on_a_loop_function():
             x = x - scale * model(x, t)
         return x
 
-    with dit_cache(Holder(), CONFIG):
+    with dit_cache(Holder(model), CONFIG):
         for _ in range(2):
             model.log.clear()
             with torch.no_grad():

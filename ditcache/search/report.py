@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .._atomic import atomic_write, atomic_write_text
 from ..config import DitCacheConfig
