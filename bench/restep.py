@@ -1,11 +1,12 @@
 """ReStep benchmark: searched vs uniform timesteps on the bundled model, scored against 100-step videos.
 
 For each step count, the schedule ReStep finds and the pipeline's default (evenly spaced) schedule
-of the same length sample the same prompts and seeds; both are compared with 100-step videos of
-those prompts and seeds (PSNR and SSIM via ditcache.metrics, prompt fidelity via
-ditcache.models.fidelity). The calibration videos are made as a user would: 100-step clips of
+of the same length sample the same prompts and seeds, with the Euler ancestral sampler and with the
+deterministic Euler one; both are compared with 100-step videos of those prompts, seeds and sampler
+(PSNR and SSIM via ditcache.metrics, prompt fidelity via ditcache.models.fidelity). The calibration videos are made as a user would: 100-step clips of
 other prompts and seeds, written as mp4 with a prompts.json beside them. Every stage is cached in
---work (keyed by the model weights), so an interrupted run resumes and a finished one just prints.
+--work (keyed by the model weights), so an interrupted run resumes and a finished one just prints;
+delete --work after changing the search itself.
 
     python bench/restep.py --work restep-bench [--model DIR] [--steps 10 15 25] [--threads 1]
 """
@@ -27,11 +28,15 @@ from ditcache.models.fidelity import check_clip, hit_rates
 from ditcache.models.pipeline import BUNDLED_WEIGHTS, load_bundled_pipeline
 from ditcache.models.shapes import ALL_PROMPTS
 from ditcache.restep import ReStepAdaptor, ReStepSearchConfig, read_schedule_timesteps
+from ditcache.restep.schedule import SCHEDULE_FILE
 from ditcache.restep.calibration import PROMPTS_FILE
 from ditcache.video import write_video
 
 REFERENCE_STEPS = 100
-SCHEDULER = "euler_ancestral_timesteps"  # euler_ancestral, but it also takes timesteps=
+# The pipeline's default sampler (the ancestral one also takes timesteps= here), whose fresh noise at
+# every step makes videos of different step counts differ whatever the schedule, and the
+# deterministic Euler sampler, where the difference from the reference is the schedule's error.
+SAMPLERS = {"euler_ancestral_timesteps": "euler_ancestral", "euler": "euler"}
 EVAL_PROMPTS = ALL_PROMPTS[0::7]  # 12 prompts
 EVAL_SEEDS = (0, 1)
 CALIBRATION_PROMPTS = [p for p in ALL_PROMPTS if p not in EVAL_PROMPTS][1::7]  # 11 others
@@ -94,46 +99,47 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     work = os.path.join(args.work, weights_key(args.model or BUNDLED_WEIGHTS))
     os.makedirs(work, exist_ok=True)
-    pipe = load_bundled_pipeline(args.model, scheduler=SCHEDULER)
+    pipes = {name: load_bundled_pipeline(args.model, scheduler=name) for name in SAMPLERS}
     calibration = os.path.join(work, "calibration")
-    make_calibration(pipe, calibration)
-    eval_prompts = [p for _ in EVAL_SEEDS for p in EVAL_PROMPTS]
-    reference = cached_videos(
-        os.path.join(work, f"reference_{REFERENCE_STEPS}.npy"),
-        lambda: sample(pipe, EVAL_PROMPTS, EVAL_SEEDS, num_inference_steps=REFERENCE_STEPS),
-    )
-
-    rows, gains = [], []
+    make_calibration(pipes[SAMPLERS[0]], calibration)
+    schedules = {}
     for steps in args.steps:
         save_dir = os.path.join(work, f"search_{steps}")
-        ReStepAdaptor(pipe, ReStepSearchConfig(calibration, save_dir, num_sampling_steps=steps)).search()
-        timesteps = read_schedule_timesteps(os.path.join(save_dir, "searched_schedule.txt"), steps)
-        uniform = cached_videos(
-            os.path.join(work, f"uniform_{steps}.npy"),
-            lambda: sample(pipe, EVAL_PROMPTS, EVAL_SEEDS, num_inference_steps=steps),
-        )
-        searched = cached_videos(
-            os.path.join(work, f"searched_{steps}.npy"),
-            lambda: sample(pipe, EVAL_PROMPTS, EVAL_SEEDS, timesteps=timesteps),
-        )
-        u, s = score(uniform, reference, eval_prompts), score(searched, reference, eval_prompts)
-        gains.append(s["psnr"] - u["psnr"])
-        for name, r in (("uniform", u), ("ReStep", s)):
-            rows.append(f"| {steps} | {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fidelity']:.3f} |")
-        rows.append(f"|  | searched timesteps | {', '.join(f'{t:.0f}' for t in timesteps)} | | |")
+        config = ReStepSearchConfig(calibration, save_dir, num_sampling_steps=steps)
+        ReStepAdaptor(pipes[SAMPLERS[0]], config).search()
+        schedules[steps] = read_schedule_timesteps(os.path.join(save_dir, SCHEDULE_FILE), steps)
 
-    ref_fidelity = score(reference, reference, eval_prompts)["fidelity"]
+    eval_prompts = [p for _ in EVAL_SEEDS for p in EVAL_PROMPTS]
+    rows, gains = [], {name: [] for name in SAMPLERS}
+    for name, pipe in pipes.items():
+        def videos(tag: str, **kwargs) -> np.ndarray:
+            return cached_videos(
+                os.path.join(work, f"{name}_{tag}.npy"), lambda: sample(pipe, EVAL_PROMPTS, EVAL_SEEDS, **kwargs)
+            )
+
+        reference = videos(f"reference_{REFERENCE_STEPS}", num_inference_steps=REFERENCE_STEPS)
+        for steps in args.steps:
+            u = score(videos(f"uniform_{steps}", num_inference_steps=steps), reference, eval_prompts)
+            s = score(videos(f"searched_{steps}", timesteps=schedules[steps]), reference, eval_prompts)
+            gains[name].append(s["psnr"] - u["psnr"])
+            for schedule, r in (("uniform", u), ("ReStep", s)):
+                rows.append(
+                    f"| {SAMPLERS[name]} | {steps} | {schedule} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fidelity']:.3f} |"
+                )
+
     print(
-        f"Bundled model, {len(EVAL_PROMPTS)} prompts x {len(EVAL_SEEDS)} seeds, euler_ancestral, guidance 4, "
-        f"references: {REFERENCE_STEPS} steps (fidelity {ref_fidelity:.3f}); search: "
-        f"{len(CALIBRATION_PROMPTS)} calibration clips, 5 Monte Carlo clips per point, uniform neighbours "
-        f"({time.time() - start:.0f} s)\n"
+        f"Bundled model ({args.model or 'bundled weights'}), {len(EVAL_PROMPTS)} prompts x {len(EVAL_SEEDS)} seeds, "
+        f"guidance 4, references: the same sampler at {REFERENCE_STEPS} steps; search: {len(CALIBRATION_PROMPTS)} "
+        f"calibration clips, 5 Monte Carlo clips per point, uniform neighbours ({time.time() - start:.0f} s)\n"
     )
-    print("| steps | schedule | PSNR (dB) | SSIM | fidelity |")
-    print("|---|---|---|---|---|")
+    print("| sampler | steps | schedule | PSNR (dB) | SSIM | fidelity |")
+    print("|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nmean PSNR gain of ReStep over uniform: {np.mean(gains):+.2f} dB")
-
+    print()
+    for name, values in gains.items():
+        print(f"mean PSNR gain of ReStep over uniform, {SAMPLERS[name]}: {np.mean(values):+.2f} dB")
+    for steps, timesteps in schedules.items():
+        print(f"searched timesteps, {steps} steps: {', '.join(f'{t:.0f}' for t in timesteps)}")
 
 if __name__ == "__main__":
     main()

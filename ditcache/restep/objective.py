@@ -4,7 +4,12 @@ Everything is in the sigma parameterisation of Euler-type samplers: ``x_t = x_0 
 (the scheduler's ``add_noise``), the model sees ``x_t / sqrt(sigma^2 + 1)`` as in
 ``scale_model_input``, and D converts the model output to an estimate of ``x_0`` according to the
 scheduler's ``prediction_type``. The KLUB of a step from ``up`` down to ``t`` is
-``||D(x_t, t) - D(x_up, up)||^2 / w`` with ``w = 1/(c^2 + sigma_t^2) - 1/(c^2 + sigma_up^2)``.
+``||D(x_t, t) - D(x_up, up)||^2 * w`` with ``w = 1/(c^2 + sigma_t^2) - 1/(c^2 + sigma_up^2)``: ``w`` is
+the integral over the step of the KLUB's weight ``2 sigma / (c^2 + sigma^2)^2``, the normaliser of
+its Monte Carlo estimate ("Align Your Steps"). Dividing by ``w`` instead, as the reference does,
+rewards ever shorter steps near the low-noise end whatever the model: at 10 steps it picked the same
+schedule for three different checkpoints, and with the deterministic Euler sampler that schedule
+was 9 dB worse than the uniform one (multiplying: 1 dB better).
 """
 from __future__ import annotations
 
@@ -85,6 +90,6 @@ class Denoiser:
 
 
 def klub(d_low: torch.Tensor, d_up: torch.Tensor, sigma_low: torch.Tensor, sigma_up: torch.Tensor) -> torch.Tensor:
-    """Per-clip KLUB of stepping from ``up`` to ``low``: mean squared denoiser change over the weight w."""
+    """Per-clip KLUB of stepping from ``up`` to ``low``: mean squared denoiser change times the weight w."""
     weight = 1.0 / (KLUB_C**2 + sigma_low**2) - 1.0 / (KLUB_C**2 + sigma_up**2)
-    return (d_low - d_up).pow(2).flatten(1).mean(1) / weight
+    return (d_low - d_up).pow(2).flatten(1).mean(1) * weight
