@@ -100,13 +100,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = os.path.join(args.work, weights_key(args.model or BUNDLED_WEIGHTS))
     os.makedirs(work, exist_ok=True)
     pipes = {name: load_bundled_pipeline(args.model, scheduler=name) for name in SAMPLERS}
+    search_pipe = pipes[next(iter(SAMPLERS))]
     calibration = os.path.join(work, "calibration")
-    make_calibration(pipes[SAMPLERS[0]], calibration)
+    make_calibration(search_pipe, calibration)
     schedules = {}
     for steps in args.steps:
         save_dir = os.path.join(work, f"search_{steps}")
         config = ReStepSearchConfig(calibration, save_dir, num_sampling_steps=steps)
-        ReStepAdaptor(pipes[SAMPLERS[0]], config).search()
+        ReStepAdaptor(search_pipe, config).search()
         schedules[steps] = read_schedule_timesteps(os.path.join(save_dir, SCHEDULE_FILE), steps)
 
     eval_prompts = [p for _ in EVAL_SEEDS for p in EVAL_PROMPTS]
