@@ -212,3 +212,14 @@ def test_step_count_mismatch_is_refused_at_run_start():
     assert unpatched(pipe)
     out = pipe(num_inference_steps=5)
     assert torch.isfinite(out).all()
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "c.json"
+    DitCacheConfig(**GOOD).save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    DitCacheConfig(**GOOD).save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
