@@ -38,6 +38,8 @@ from .transformer import ShapesT2V
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.tsv"
+# Settings a resumed run may change (e.g. to lower the learning rate); their defaults.
+RESUME_OVERRIDES = {"lr": 5e-4, "min_snr_gamma": 0.0}
 
 
 def build_models(args: argparse.Namespace) -> torch.nn.ModuleDict:
@@ -127,8 +129,14 @@ def train(args: argparse.Namespace) -> None:
         saved = dict(state["args"])
         for key in ("out", "resume", "minutes", "max_steps", "threads"):
             saved[key] = getattr(args, key)
+        for key in RESUME_OVERRIDES:
+            if getattr(args, key) is not None:
+                saved[key] = getattr(args, key)
         args = argparse.Namespace(**saved)
     else:
+        for key, default in RESUME_OVERRIDES.items():
+            if getattr(args, key) is None:
+                setattr(args, key, default)
         torch.manual_seed(args.seed)
         state = None
     models = build_models(args)
@@ -206,15 +214,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--export", metavar="WEIGHTS_DIR", help="only export OUT's EMA weights to WEIGHTS_DIR")
     p.add_argument("--minutes", type=float, help="stop after this much wall time")
     p.add_argument("--max-steps", type=int, help="stop at this optimizer step")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1 is robust on a shared machine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, help="default 5e-4; with --resume, replaces the saved value")
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--min-snr-gamma", type=float, default=0.0, help="0: plain v-loss (see above)")
+    p.add_argument("--ema-decay", type=float, default=0.998)
+    p.add_argument(
+        "--min-snr-gamma", type=float, help="default 0: plain v-loss (see above); with --resume, replaces the saved value"
+    )
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
@@ -223,7 +233,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=4)
     p.add_argument("--ff-inner", type=int, default=256)
     p.add_argument("--text-dim", type=int, default=64)
-    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--log-seconds", type=float, default=30.0)
     args = p.parse_args(argv)
     for name in ("batch_size", "warmup", "layers", "heads", "head_dim", "threads"):
