@@ -79,15 +79,17 @@ def main(argv=None) -> None:
     ideal = 1.0 / (1.0 - skipped / total)
 
     variants = {
+        "plain": lambda: run_time(lambda: pipe(args.steps)),
         "off": lambda: _with(pipe, None, args.steps),
         "half": lambda: _with(pipe, half_blocks, args.steps),
     }
-    ratios = {name: [] for name in variants}
+    ratios = {"off": [], "half": []}
+    names = list(variants)
     for repeat in range(args.repeats):
-        order = list(variants) if repeat % 2 == 0 else list(reversed(variants))
-        plain = run_time(lambda: pipe(args.steps))
-        for name in order:
-            ratios[name].append(plain / variants[name]())
+        order = names[repeat % 3:] + names[: repeat % 3]  # every variant takes every position in turn
+        seconds = {name: variants[name]() for name in order}
+        for name in ratios:
+            ratios[name].append(seconds["plain"] / seconds[name])
     overhead = 1.0 / statistics.median(ratios["off"]) - 1.0
     measured = statistics.median(ratios["half"])
     print(f"model: PixArtTransformer2DModel, {args.layers} blocks, width {args.width}, "
