@@ -1,0 +1,41 @@
+import re
+
+import numpy as np
+import pytest
+
+from ditcache.cli import main
+from ditcache.video import read_video
+
+
+def test_sample_writes_video_and_sheet(tmp_path, capsys):
+    out, png = tmp_path / "clip.mp4", tmp_path / "sheet.png"
+    code = main(["sample", "--prompt", "a green square moving left", "--out", str(out), "--png", str(png),
+                 "--steps", "3", "--seed", "2", "--width", "64"])
+    assert code == 0 and out.is_file() and png.is_file()
+    video = read_video(str(out))
+    assert video.shape == (8, 32, 64, 3) and video.dtype == np.uint8
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--prompt", "a pink circle moving up"], "--prompt: .*known words"),
+        (["--prompt", "a red circle moving up", "--scheduler", "heun"], "--scheduler: invalid choice: 'heun'"),
+        (["--prompt", "a red circle moving up", "--frames", "5"], "--frames 5 is invalid"),
+        (["--prompt", "a red circle moving up", "--steps", "0"], "--steps 0 is invalid"),
+        (["--prompt", "a red circle moving up", "--guidance", "0"], "--guidance 0.0 is invalid"),
+    ],
+)
+def test_bad_flags_are_named(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--out", str(tmp_path / "x.mp4"), "--quiet"] + flags)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_out_must_be_mp4(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a red circle moving up", "--out", str(tmp_path / "x.gif")])
+    assert "--out" in capsys.readouterr().err
