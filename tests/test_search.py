@@ -76,7 +76,8 @@ def test_metrics_known_values():
 
 def test_speedup_target_is_met_as_measured(tmp_path):
     pipe = make_pipeline()
-    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.4, num_sampling_steps=STEPS))
+    # 8% headroom over the target in the predictions, against timing noise on a shared machine
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.4, num_sampling_steps=STEPS, speed_margin=0.08))
     calls = Calls()
     config = adaptor.search(calls, prompts_num=2)
     report = adaptor.last_search
@@ -132,7 +133,7 @@ def test_unreachable_goals_name_the_best_reachable_value():
 
 def test_resume_skips_finished_runs(tmp_path):
     journal = str(tmp_path / "journal")
-    settings = dict(cache_ratio=1.4, num_sampling_steps=STEPS, journal_dir=journal)
+    settings = dict(min_psnr=30.0, num_sampling_steps=STEPS, journal_dir=journal)  # no timing in the outcome
     first = Calls(fail_on=4)  # calibration (2 runs) and one candidate finish, then an interruption
     adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
     with pytest.raises(KeyboardInterrupt):
