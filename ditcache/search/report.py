@@ -13,7 +13,6 @@ from ..config import DitCacheConfig
 
 logger = logging.getLogger("ditcache.search")
 
-COLUMNS = ("block_start", "num_blocks", "step_start", "interval", "predicted", "measured", "psnr", "ssim", "mse")
 
 
 @dataclass
@@ -32,15 +31,15 @@ class SearchReport:
     def table(self) -> str:
         """A markdown table of every candidate run, the chosen one marked."""
         lines = [
-            "| block start | blocks | step start | interval | predicted | measured | PSNR dB | SSIM | MSE | |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| block start | blocks | step start | interval | reuse | predicted | measured | PSNR dB | SSIM | MSE | |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for run in sorted(self.runs, key=lambda r: r["measured_speedup"]):
             c = run["config"]
             mark = "chosen" if run["key"] == self.chosen["key"] else ""
             lines.append(
                 f"| {c['cache_block_start']} | {c['cache_num_blocks']} | {c['cache_step_start']} | "
-                f"{c['cache_step_interval']} | {run['predicted_speedup']:.3f}x | {run['measured_speedup']:.3f}x | "
+                f"{c['cache_step_interval']} | {c.get('reuse', 'delta')} | {run['predicted_speedup']:.3f}x | {run['measured_speedup']:.3f}x | "
                 f"{_fmt(run['psnr'])} | {run['ssim']:.4f} | {run['mse']:.3f} | {mark} |"
             )
         return "\n".join(lines)
