@@ -84,7 +84,7 @@ def test_speedup_target_is_met_as_measured(tmp_path):
     report = adaptor.last_search
     assert config == report.config and config.num_sampling_steps == STEPS
     assert report.chosen["measured_speedup"] >= 1.4
-    assert report.full_runs == calls.count <= 2 + 3 * 3
+    assert report.full_runs == calls.count <= 2 + 3 * 3 * 2  # at most 3 rounds of 3 picks, each re-timed at most once
     assert all(r["psnr"] <= report.chosen["psnr"] for r in report.runs if r["measured_speedup"] >= 1.4)
     assert adaptor.cache_config is None  # the search leaves the adaptor as it found it
     adaptor.remove()
