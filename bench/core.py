@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 from diffusers import DDIMScheduler, PixArtTransformer2DModel
 
 from ditcache import DitCacheConfig, dit_cache
-from ditcache.timing import BlockTimer
+from ditcache.timing import BlockTimer, timed
 
 
 class PixArtLoop:
@@ -48,12 +47,6 @@ class PixArtLoop:
         return latents
 
 
-def run_time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -72,14 +65,14 @@ def main(argv=None) -> None:
 
     pipe(args.steps)  # warm-up
     with BlockTimer(blocks) as timer:
-        total = run_time(lambda: pipe(args.steps))
+        total = timed(lambda: pipe(args.steps))
     block_share = sum(timer.seconds) / total
     region = range(half_blocks.cache_block_start, half_blocks.cache_block_end + 1)
     skipped = sum(timer.seconds[i] for i in region) * reuse_steps / args.steps
     ideal = 1.0 / (1.0 - skipped / total)
 
     variants = {
-        "plain": lambda: run_time(lambda: pipe(args.steps)),
+        "plain": lambda: timed(lambda: pipe(args.steps)),
         "off": lambda: _with(pipe, None, args.steps),
         "half": lambda: _with(pipe, half_blocks, args.steps),
     }
@@ -108,7 +101,7 @@ def main(argv=None) -> None:
 
 def _with(pipe, config, steps) -> float:
     with dit_cache(pipe, config):
-        return run_time(lambda: pipe(steps))
+        return timed(lambda: pipe(steps))
 
 
 if __name__ == "__main__":

@@ -80,9 +80,9 @@ class BlockStreams:
 
 
 def _signature(block: torch.nn.Module) -> inspect.Signature:
-    return inspect.signature(type(block).forward).replace(
-        parameters=list(inspect.signature(type(block).forward).parameters.values())[1:]
-    )
+    """The forward signature without ``self``."""
+    signature = inspect.signature(type(block).forward)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def block_streams(block: torch.nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any], output: Any) -> BlockStreams:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..config import DitCacheConfig, DitCacheSearchConfig
 from ..distributed import all_gather_objects, broadcast_object, current_context
-from ..metrics import check_video, compare_videos
+from ..metrics import check_video, compare_videos, mse, psnr_from_mse
 from ..timing import module_device, synchronize
 from .calibration import Calibration, CalibrationRecorder
 from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
@@ -196,11 +196,10 @@ class CacheSearch:
 
     @staticmethod
     def _check_deterministic(videos: List[np.ndarray], references: List[np.ndarray]) -> None:
-        errors = [float(np.mean((v.astype(np.float64) - r) ** 2)) for v, r in zip(videos, references)]
-        worst = max(errors)
+        worst = max(mse(v, r) for v, r in zip(videos, references))
         if worst == 0:
             return
-        psnr = 10 * np.log10(255.0 ** 2 / worst)
+        psnr = psnr_from_mse(worst)
         if psnr < NONDETERMINISM_FLOOR_DB:
             raise ValueError(
                 f"run_pipeline_and_save_videos made different videos in two uncached runs (PSNR {psnr:.1f} dB "
