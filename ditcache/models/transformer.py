@@ -6,6 +6,13 @@ whole (t, h, w) token grid, adaLN-single timestep modulation, caption projection
 tokens of all frames, cross-attention to the caption), then the final scale-shift table, projection
 and unpatchify. Tokens of all frames form one flat sequence, frame-major, so a sequence-parallel run
 can split it by frames. Only diffusers APIs present since 0.28 are used.
+
+The head predicts the clean clip and ``forward`` returns it converted to v (the target its
+schedulers are configured for). Large patches (8x8 pixels of 2 frames: 384 values per token) are
+what make the model cheap enough to train on a CPU, and a token narrower than its patch cannot carry
+per-pixel noise: a head that must output noise (epsilon or v) leaves noisy backgrounds, while the
+clean clip lies on a low-dimensional set that a narrow token can represent. The conversion needs
+the training noise schedule, which the config therefore holds.
 """
 from __future__ import annotations
 
@@ -60,6 +67,9 @@ class ShapesT2V(ModelMixin, ConfigMixin):
         caption_channels: int = 64,
         ff_inner_dim: Optional[int] = None,
         norm_eps: float = 1e-6,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
     ) -> None:
         super().__init__()
         inner_dim = num_attention_heads * attention_head_dim
@@ -91,6 +101,28 @@ class ShapesT2V(ModelMixin, ConfigMixin):
         self.scale_shift_table = nn.Parameter(torch.randn(2, inner_dim) / inner_dim**0.5)
         self.proj_out = nn.Linear(inner_dim, patch_size_t * patch_size * patch_size * self.out_channels)
         self._pos_cache: dict = {}
+        # sqrt((1 - alpha_bar) / alpha_bar) of the linear ("DDPM") schedule, as diffusers' Euler samplers use it
+        alphas_cumprod = torch.cumprod(1 - torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64), 0)
+        self.register_buffer("train_sigmas", ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), persistent=False)
+
+    def sigma_at(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Noise level sigma of (possibly fractional) timesteps, interpolated linearly in t as Euler does."""
+        table = self.train_sigmas
+        t = timestep.float().clamp(0, len(table) - 1)
+        low = t.floor().long().clamp(max=len(table) - 2)
+        frac = t - low
+        return table[low] * (1 - frac) + table[low + 1] * frac
+
+    def sample_to_v(self, sample: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """v for a clean-clip estimate, given the variance-preserving noisy input it was made from.
+
+        With ``noisy = sqrt(a) x0 + sqrt(1 - a) eps`` and ``sigma^2 = (1 - a) / a``:
+        ``v = sqrt(a) eps - sqrt(1 - a) x0 = noisy / sigma - x0 * sqrt(1 + sigma^2) / sigma``.
+        Computed in float32: near t=0, sigma is ~0.01 and the terms are large.
+        """
+        sigma = self.sigma_at(timestep).view(-1, *([1] * (sample.ndim - 1)))
+        v = noisy.float() / sigma - sample.float() * (1 + sigma**2).sqrt() / sigma
+        return v.to(sample.dtype)
 
     def _pos_embed(self, grid: Tuple[int, int, int], device: torch.device) -> torch.Tensor:
         key = (grid, device)
@@ -106,7 +138,7 @@ class ShapesT2V(ModelMixin, ConfigMixin):
         encoder_attention_mask: Optional[torch.Tensor] = None,
         return_dict: bool = False,
     ) -> Tuple[torch.Tensor]:
-        """Predict the diffusion target for noisy (B, C, T, H, W) pixels at ``timestep``.
+        """Predict v for noisy (B, C, T, H, W) pixels at ``timestep`` (via a clean-clip estimate).
 
         ``encoder_attention_mask`` is (B, L) with 1 for caption tokens and 0 for padding.
         Returns a 1-tuple, like diffusers models with ``return_dict=False``.
@@ -125,6 +157,7 @@ class ShapesT2V(ModelMixin, ConfigMixin):
 
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
+        timestep_input = timestep
         timestep, embedded_timestep = self.adaln_single(
             timestep, {"resolution": None, "aspect_ratio": None}, batch_size=batch, hidden_dtype=x.dtype
         )
@@ -146,7 +179,8 @@ class ShapesT2V(ModelMixin, ConfigMixin):
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale) + shift
         x = self.proj_out(x)
-        return (self._unpatchify(x, grid),)
+        sample = self._unpatchify(x, grid)
+        return (self.sample_to_v(sample, hidden_states, timestep_input),)
 
     def _unpatchify(self, x: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
         """(B, N, pt*p*p*C) tokens -> (B, C, T, H, W)."""
