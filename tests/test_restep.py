@@ -194,3 +194,28 @@ def test_pipeline_without_latent_encoder_is_refused(pipe, videos, tmp_path):
         ReStepAdaptor(object(), ReStepSearchConfig(videos, str(tmp_path)))
     with pytest.raises(ValueError, match="config must be a ReStepSearchConfig, got dict"):
         ReStepAdaptor(pipe, {"videos_path": videos})
+
+
+def test_open_sora_transformers_are_called_as_their_pipeline_calls_them(pipe):
+    """OSP v1.2's OpenSoraT2V indexes a (B, 1, L, D) caption, a (B, 1, L) mask and a (B, T, H, W) mask."""
+    from ditcache.models.transformer import ShapesT2V
+
+    class OpenSoraT2V(ShapesT2V):
+        def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, attention_mask,
+                    added_cond_kwargs, return_dict=True):
+            assert encoder_hidden_states.ndim == 4 and encoder_attention_mask.ndim == 3
+            assert attention_mask.shape == hidden_states[:, 0].shape and added_cond_kwargs is not None
+            return super().forward(hidden_states, timestep, encoder_hidden_states[:, 0], encoder_attention_mask[:, 0])
+
+    osp_like = OpenSoraT2V.from_config(pipe.transformer.config)
+    osp_like.load_state_dict(pipe.transformer.state_dict())
+    scheduler = TimestepEulerAncestralScheduler.from_config(pipe.scheduler.config)
+    x0 = torch.zeros(1, 3, 8, 32, 32)
+    args = (x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0]), [700.0, 100.0])
+    expected, _ = Denoiser(pipe, scheduler, PROMPTS[:1], 4, guidance_scale=4.0)(*args)
+
+    class OspPipeline:
+        transformer, device, encode_prompt = osp_like.eval(), pipe.device, pipe.encode_prompt
+
+    got, _ = Denoiser(OspPipeline(), scheduler, PROMPTS[:1], 4, guidance_scale=4.0)(*args)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -20,6 +20,22 @@ import torch
 from .scheduler import TimestepEulerAncestralScheduler
 
 KLUB_C = 0.5  # the data scale c in the KLUB weight
+# Transformers whose pipeline passes the caption as (B, 1, L, D), its mask as (B, 1, L), a latent
+# attention mask and ``added_cond_kwargs`` (Open-Sora-Plan v1.2's sample pipeline); their forward
+# indexes those shapes, so they must be called the same way.
+OPEN_SORA_TRANSFORMERS = ("OpenSoraT2V", "UDiTT2V")
+
+
+def transformer_inputs(transformer: Any, model_input: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Keyword arguments (besides the latents and timestep) of one call, as the model's own pipeline passes them."""
+    name = type(getattr(transformer, "_orig_mod", transformer)).__name__  # torch.compile wraps the module
+    if name in OPEN_SORA_TRANSFORMERS:
+        return {
+            "encoder_hidden_states": states.unsqueeze(1), "encoder_attention_mask": mask.unsqueeze(1),
+            "attention_mask": torch.ones_like(model_input[:, 0]),
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+        }
+    return {"encoder_hidden_states": states, "encoder_attention_mask": mask}
 
 
 class Denoiser:
@@ -71,8 +87,8 @@ class Denoiser:
             model_input, t = torch.cat([model_input] * 2), torch.cat([t] * 2)
             rows = torch.cat([torch.full_like(rows, len(self.states) - 1), rows])
         out = self.transformer(
-            model_input, timestep=t.to(self.device), encoder_hidden_states=self.states[rows],
-            encoder_attention_mask=self.mask[rows],
+            model_input, timestep=t.to(self.device), return_dict=False,
+            **transformer_inputs(self.transformer, model_input, self.states[rows], self.mask[rows]),
         )[0].float()
         if out.shape[1] == 2 * noisy.shape[1]:  # models that also predict the variance (learned sigma)
             out = out[:, : noisy.shape[1]]
