@@ -151,7 +151,8 @@ class CacheSearch:
                 self._timed(run_videos)
                 self._timed(run_videos)
                 calibration = None
-            else:
+            else:  # rank 1 makes the clean run while rank 0 makes the instrumented one
+                all_gather_objects(self._timed(run_videos) if self.context.rank == 1 else None)
                 calibration = None
             runs = 2
         else:
@@ -180,8 +181,13 @@ class CacheSearch:
             )
         calibration = recorder.result([v.copy() for v in videos], seconds, self.config.num_sampling_steps)
         # The first run pays for warm-up and the recording; a clean second run gives the time to beat
-        # and shows whether the callable makes the same videos every time.
-        again, clean_seconds = self._timed(run_videos)
+        # and shows whether the callable makes the same videos every time. When the ranks each hold the
+        # model, rank 1 makes it at the same time, under the same conditions as the spread candidate
+        # runs, and the check then also covers its device.
+        if self.context.enabled and not self.sequence_parallel:
+            again, clean_seconds = all_gather_objects(None)[1]
+        else:
+            again, clean_seconds = self._timed(run_videos)
         again = check_videos(again, calibration.videos, prompts_num)
         self._check_deterministic(again, calibration.videos)
         calibration.rebase(clean_seconds)
@@ -203,8 +209,9 @@ class CacheSearch:
         if psnr < NONDETERMINISM_FLOOR_DB:
             raise ValueError(
                 f"run_pipeline_and_save_videos made different videos in two uncached runs (PSNR {psnr:.1f} dB "
-                "between them): fix its seeds (e.g. a torch.Generator per prompt) so the search compares like "
-                "with like"
+                "between them; under torchrun, the runs of ranks 0 and 1): fix its seeds (e.g. a torch.Generator "
+                "per prompt), and under torchrun give every rank the same kind of device, so the search compares "
+                "like with like"
             )
         logger.warning("two uncached runs differ slightly (PSNR %.1f dB): quality figures above it are noise", psnr)
 
