@@ -65,14 +65,14 @@ def main(argv=None) -> None:
 
     pipe(args.steps)  # warm-up
     with BlockTimer(blocks) as timer:
-        total = timed(lambda: pipe(args.steps))
+        total = timed(lambda: pipe(args.steps))[1]
     block_share = sum(timer.seconds) / total
     region = range(half_blocks.cache_block_start, half_blocks.cache_block_end + 1)
     skipped = sum(timer.seconds[i] for i in region) * reuse_steps / args.steps
     ideal = 1.0 / (1.0 - skipped / total)
 
     variants = {
-        "plain": lambda: timed(lambda: pipe(args.steps)),
+        "plain": lambda: timed(lambda: pipe(args.steps))[1],
         "off": lambda: _with(pipe, None, args.steps),
         "half": lambda: _with(pipe, half_blocks, args.steps),
     }
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
 
 def _with(pipe, config, steps) -> float:
     with dit_cache(pipe, config):
-        return timed(lambda: pipe(steps))
+        return timed(lambda: pipe(steps))[1]
 
 
 if __name__ == "__main__":

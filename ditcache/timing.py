@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,13 +24,13 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> float:
-    """Seconds taken by ``fn()``, with the device synchronised on both sides."""
+def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> Tuple[Any, float]:
+    """``fn()``'s result and the seconds it took, with the device synchronised on both sides."""
     synchronize(device)
     start = time.perf_counter()
-    fn()
+    result = fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return result, time.perf_counter() - start
 
 
 class BlockTimer:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..config import DitCacheConfig, DitCacheSearchConfig
 from ..distributed import all_gather_objects, broadcast_object, current_context
 from ..metrics import check_video, compare_videos, mse, psnr_from_mse
-from ..timing import module_device, synchronize
+from ..timing import module_device, timed
 from .calibration import Calibration, CalibrationRecorder
 from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
 from .journal import Journal
@@ -216,11 +216,7 @@ class CacheSearch:
         logger.warning("two uncached runs differ slightly (PSNR %.1f dB): quality figures above it are noise", psnr)
 
     def _timed(self, run_videos: RunVideos):
-        synchronize(self.device)
-        started = time.perf_counter()
-        videos = run_videos(self.adaptor.pipeline)
-        synchronize(self.device)
-        return videos, time.perf_counter() - started
+        return timed(lambda: run_videos(self.adaptor.pipeline), self.device)
 
     # --- candidate runs ----------------------------------------------------------------
 
