@@ -13,7 +13,6 @@ delete --work after changing the search itself.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ import torch
 from ditcache._atomic import atomic_write, atomic_write_text
 from ditcache.metrics import compare_videos
 from ditcache.models.fidelity import check_clip, hit_rates
-from ditcache.models.pipeline import BUNDLED_WEIGHTS, load_bundled_pipeline
+from ditcache.models.pipeline import BUNDLED_WEIGHTS, load_bundled_pipeline, weights_fingerprint
 from ditcache.models.shapes import ALL_PROMPTS
 from ditcache.restep import ReStepAdaptor, ReStepSearchConfig, read_schedule_timesteps
 from ditcache.restep.schedule import SCHEDULE_FILE
@@ -41,16 +40,6 @@ EVAL_PROMPTS = ALL_PROMPTS[0::7]  # 12 prompts
 EVAL_SEEDS = (0, 1)
 CALIBRATION_PROMPTS = [p for p in ALL_PROMPTS if p not in EVAL_PROMPTS][1::7]  # 11 others
 CALIBRATION_SEED = 1000
-
-
-def weights_key(path: str) -> str:
-    """A short hash of the model files: cached results from other weights are never reused."""
-    digest = hashlib.sha256()
-    for root, _, files in sorted(os.walk(path)):
-        for name in sorted(files):
-            with open(os.path.join(root, name), "rb") as handle:
-                digest.update(name.encode() + handle.read())
-    return digest.hexdigest()[:12]
 
 
 def cached_videos(path: str, make: Callable[[], np.ndarray]) -> np.ndarray:
@@ -97,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    work = os.path.join(args.work, weights_key(args.model or BUNDLED_WEIGHTS))
+    work = os.path.join(args.work, weights_fingerprint(args.model or BUNDLED_WEIGHTS))
     os.makedirs(work, exist_ok=True)
     pipes = {name: load_bundled_pipeline(args.model, scheduler=name) for name in SAMPLERS}
     search_pipe = pipes[next(iter(SAMPLERS))]

@@ -38,6 +38,7 @@ from ditcache._atomic import atomic_write_text
 from ditcache.metrics import compare_videos, mse
 from ditcache.models import load_bundled_pipeline
 from ditcache.models.fidelity import check_clip, hit_rates
+from ditcache.models.pipeline import weights_fingerprint
 
 PROMPTS = ["a red circle moving right", "a blue square moving up"]
 
@@ -50,7 +51,7 @@ class Setting:
         self.pipe = load_bundled_pipeline()
         self.blocks = len(self.pipe.transformer.transformer_blocks)
         tag = hashlib.sha1(json.dumps([steps, self.prompts]).encode()).hexdigest()[:10]
-        self.cache = os.path.join(cache, f"s{steps}-p{len(self.prompts)}-{tag}")
+        self.cache = os.path.join(cache, weights_fingerprint(), f"s{steps}-p{len(self.prompts)}-{tag}")
         os.makedirs(self.cache, exist_ok=True)
         self.reference, self.uncached_seconds = self.videos(None)
 

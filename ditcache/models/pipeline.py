@@ -7,6 +7,7 @@ Classifier-free guidance is one transformer forward per step on a doubled batch,
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -229,6 +230,16 @@ class ShapesPipeline:
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
 
         return ShapesPipelineOutput(images=self.decode_latents(latents))
+
+
+def weights_fingerprint(path: str = BUNDLED_WEIGHTS) -> str:
+    """A short hash of a saved pipeline's files, so results cached for other weights are never reused."""
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as handle:
+                digest.update(name.encode() + handle.read())
+    return digest.hexdigest()[:12]
 
 
 def load_bundled_pipeline(
