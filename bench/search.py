@@ -16,7 +16,8 @@ Every run is cached under --cache, so an interrupted benchmark resumes.
 
     python bench/search.py                       # everything (long on 2 CPU cores)
     python bench/search.py --parts ours,reference
-    python bench/search.py --parts reuse         # constant vs extrapolated (taylor1) reuse
+    python bench/search.py --parts reuse --out bench/results/reuse.json   # constant vs extrapolated (taylor1)
+    python bench/search.py --parts reuse --scheduler euler --out bench/results/reuse-euler.json
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ditcache._atomic import atomic_write_text
 from ditcache.metrics import compare_videos, mse
 from ditcache.models import load_bundled_pipeline
 from ditcache.models.fidelity import check_clip, hit_rates
-from ditcache.models.pipeline import weights_fingerprint
+from ditcache.models.pipeline import DEFAULT_SCHEDULER, SCHEDULERS, weights_fingerprint
 
 PROMPTS = ["a red circle moving right", "a blue square moving up"]
 
@@ -46,11 +47,12 @@ PROMPTS = ["a red circle moving right", "a blue square moving up"]
 class Setting:
     """The bundled model at fixed prompts, seed and steps; every run's videos and time cached on disk."""
 
-    def __init__(self, steps: int, prompts: Sequence[str], cache: str) -> None:
-        self.steps, self.prompts = steps, list(prompts)
-        self.pipe = load_bundled_pipeline()
+    def __init__(self, steps: int, prompts: Sequence[str], cache: str, scheduler: str = DEFAULT_SCHEDULER) -> None:
+        self.steps, self.prompts, self.scheduler = steps, list(prompts), scheduler
+        self.pipe = load_bundled_pipeline(scheduler=scheduler)
         self.blocks = len(self.pipe.transformer.transformer_blocks)
-        tag = hashlib.sha1(json.dumps([steps, self.prompts]).encode()).hexdigest()[:10]
+        key = [steps, self.prompts] if scheduler == DEFAULT_SCHEDULER else [steps, self.prompts, scheduler]
+        tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
         self.cache = os.path.join(cache, weights_fingerprint(), f"s{steps}-p{len(self.prompts)}-{tag}")
         os.makedirs(self.cache, exist_ok=True)
         self.reference, self.uncached_seconds = self.videos(None)
@@ -209,7 +211,7 @@ def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -
         axis.plot(*zip(*points), marker=marker, label=f"reuse={mode}")
     axis.set_xlabel("measured speedup (x)")
     axis.set_ylabel("PSNR vs uncached (dB)")
-    axis.set_title(f"bundled model, {setting.steps} steps: searched configs")
+    axis.set_title(f"bundled model, {setting.scheduler}, {setting.steps} steps: searched configs")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -232,6 +234,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="ours,reference,reuse,frontier")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS))
     parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
     parser.add_argument("--floors", type=float, nargs="+", default=[35.0, 30.0])
     parser.add_argument("--sweep-steps", type=int, default=20)
@@ -248,8 +251,8 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     if parts & {"ours", "reference", "reuse"}:
-        setting = Setting(args.steps, PROMPTS, args.cache)
-        print(f"bundled model, {setting.blocks} blocks, {args.steps} steps, {len(PROMPTS)} prompts; "
+        setting = Setting(args.steps, PROMPTS, args.cache, args.scheduler)
+        print(f"bundled model, {setting.blocks} blocks, {args.scheduler}, {args.steps} steps, {len(PROMPTS)} prompts; "
               f"uncached run {setting.uncached_seconds:.2f} s")
     if "ours" in parts:
         results["ours"] = [ours(setting, t, None, os.path.join(setting.cache, f"journal-x{t:g}")) for t in args.targets]
@@ -262,12 +265,12 @@ def main(argv=None) -> None:
                                                                          "measured", "psnr", "ssim", "fidelity",
                                                                          "note"]))
     if "reuse" in parts:
-        plot = os.path.join(os.path.dirname(args.out), "reuse.png")
+        plot = os.path.splitext(args.out)[0] + ".png"
         results["reuse"] = reuse_frontier(setting, [t for t in args.targets if t >= 1.5], plot)
         print(f"\n## constant vs extrapolated reuse (plot: {plot})\n" + table(
             results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity"]))
     if "frontier" in parts:
-        short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache)
+        short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache, args.scheduler)
         rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals,
                      args.sweep_reuse)
         gaps = []

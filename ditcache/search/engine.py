@@ -30,7 +30,8 @@ from .report import SearchReport, logger
 
 RunVideos = Callable[[Any], List[np.ndarray]]
 RETIME_BELOW = 0.97  # measured / predicted speedup under which a candidate run is timed again
-NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
+NONDETERMINISM_FLOOR_DB = 45.0
+QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search  # below this, two uncached runs are not "the same videos"
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -317,8 +318,11 @@ class CacheSearch:
     def _for_quality(self, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
         """Search the predicted Pareto front for the fastest config above the floor.
 
-        Each round probes as many evenly spaced points of the open range as there
-        are ranks (bisection on one process), keeping the floor's side of each.
+        Each round probes as many evenly spaced speeds of the open range as there are ranks
+        (bisection on one process), keeping the floor's side of each. A probe at a speed runs the
+        ``QUALITY_PROBE_WIDTH`` best-ranked configs predicted to reach it and passes if one of them
+        stays above the floor: the ranking is a proxy, and a single config that happens to rank
+        wrongly must not cut off every faster one.
         """
         floor = self.config.min_psnr
         front = self._on_main(lambda: _thin(pareto_front(self.candidates), step=0.02))
@@ -329,12 +333,16 @@ class CacheSearch:
         while low <= high:
             count = min(probes_per_round, high - low + 1)
             indices = sorted({low + (high - low) * (k + 1) // (count + 1) for k in range(count)})
-            records = self._run_candidates([front[i] for i in indices], run_videos, prompts_num,
-                                           f"search PSNR >= {floor:g} dB")
-            seen += records
-            passing = [i for i, r in zip(indices, records) if r["psnr"] >= floor]
-            failing = [i for i, r in zip(indices, records) if r["psnr"] < floor]
-            for record in records:
+            probes = self._on_main(lambda: [
+                best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH) for i in indices
+            ])
+            picks = list({c.key(): c for probe in probes for c in probe}.values())
+            records = {r["key"]: r for r in self._run_candidates(picks, run_videos, prompts_num,
+                                                                   f"search PSNR >= {floor:g} dB")}
+            seen += records.values()
+            passing = [i for i, probe in zip(indices, probes) if any(records[c.key()]["psnr"] >= floor for c in probe)]
+            failing = [i for i in indices if i not in passing]
+            for record in records.values():
                 if record["psnr"] >= floor and (best is None or record["measured_speedup"] > best["measured_speedup"]):
                     best = record
             if passing:
