@@ -198,7 +198,10 @@ def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -
     rows = []
     for mode in ("delta", "taylor1"):
         for target in targets:
-            row = ours(setting, target, None, os.path.join(setting.cache, f"journal-{mode}-x{target:g}"), (mode,))
+            try:
+                row = ours(setting, target, None, os.path.join(setting.cache, f"journal-{mode}-x{target:g}"), (mode,))
+            except ValueError as err:  # a target this mode did not reach as measured is a result too
+                row = {"goal": f">= {target:g}x", "note": str(err)}
             rows.append({"reuse": mode, **row})
     import matplotlib
 
@@ -207,7 +210,7 @@ def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -
 
     figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
     for mode, marker in (("delta", "o"), ("taylor1", "s")):
-        points = sorted((r["measured"], r["psnr"]) for r in rows if r["reuse"] == mode)
+        points = sorted((r["measured"], r["psnr"]) for r in rows if r["reuse"] == mode and "psnr" in r)
         axis.plot(*zip(*points), marker=marker, label=f"reuse={mode}")
     axis.set_xlabel("measured speedup (x)")
     axis.set_ylabel("PSNR vs uncached (dB)")
@@ -268,7 +271,8 @@ def main(argv=None) -> None:
         plot = os.path.splitext(args.out)[0] + ".png"
         results["reuse"] = reuse_frontier(setting, [t for t in args.targets if t >= 1.5], plot)
         print(f"\n## constant vs extrapolated reuse (plot: {plot})\n" + table(
-            results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity"]))
+            results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity",
+                               "note"]))
     if "frontier" in parts:
         short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache, args.scheduler)
         rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals,

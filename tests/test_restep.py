@@ -99,7 +99,7 @@ def test_resume_continues_where_it_stopped_and_ends_the_same(pipe, videos, tmp_p
     with CountForwards(pipe.transformer) as full:
         expected = search(pipe, videos, tmp_path / "full").search()
 
-    with CountForwards(pipe.transformer, stop_after=full.calls // 2) as first:
+    with CountForwards(pipe.transformer, stop_after=full.calls // 2):
         with pytest.raises(KeyboardInterrupt):
             search(pipe, videos, tmp_path / "resumed").search()
     journal = json.loads((tmp_path / "resumed" / JOURNAL_FILE).read_text())
