@@ -74,6 +74,7 @@ class CacheSearch:
         self.full_runs = 0
         self.resumed = 0
         self.journal: Optional[Journal] = None
+        self._journalled: set = set()
         self.calibration: Optional[Calibration] = None
         self.candidates: List[Candidate] = []
         self._show = self.context.is_main
@@ -93,6 +94,7 @@ class CacheSearch:
                 "prompts_num": prompts_num,
             },
         )
+        self._journalled = set(self.journal.runs)  # runs of an interrupted search, not yet counted
         saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
         try:
             self.calibration = self._calibrate(run_videos, prompts_num)
@@ -225,9 +227,11 @@ class CacheSearch:
                         description: str) -> List[Dict[str, Any]]:
         """Run ``picks`` for real (spread over the ranks where each holds the model); every rank gets every record."""
         done = self._on_main(lambda: {c.key(): self.journal.runs[c.key()] for c in picks if c.key() in self.journal.runs})
-        redone = sum(record.get("runs", 1) for record in done.values())
-        self.resumed += redone
-        self.full_runs += redone
+        # runs found in the journal count once, as resumed; a config run earlier in this search costs nothing again
+        resumed = sum(record.get("runs", 1) for key, record in done.items() if key in self._journalled)
+        self._journalled -= set(done)
+        self.resumed += resumed
+        self.full_runs += resumed
         todo = [candidate for candidate in picks if candidate.key() not in done]
         spread = self.context.enabled and not self.sequence_parallel
         mine = todo[self.context.rank :: self.context.world_size] if spread else todo
