@@ -51,8 +51,7 @@ class Setting:
         self.steps, self.prompts, self.scheduler = steps, list(prompts), scheduler
         self.pipe = load_bundled_pipeline(scheduler=scheduler)
         self.blocks = len(self.pipe.transformer.transformer_blocks)
-        key = [steps, self.prompts] if scheduler == DEFAULT_SCHEDULER else [steps, self.prompts, scheduler]
-        tag = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(json.dumps([steps, self.prompts, scheduler]).encode()).hexdigest()[:10]
         self.cache = os.path.join(cache, weights_fingerprint(), f"s{steps}-p{len(self.prompts)}-{tag}")
         os.makedirs(self.cache, exist_ok=True)
         self.reference, self.uncached_seconds = self.videos(None)

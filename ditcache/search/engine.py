@@ -30,8 +30,8 @@ from .report import SearchReport, logger
 
 RunVideos = Callable[[Any], List[np.ndarray]]
 RETIME_BELOW = 0.97  # measured / predicted speedup under which a candidate run is timed again
-NONDETERMINISM_FLOOR_DB = 45.0
-QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search  # below this, two uncached runs are not "the same videos"
+NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
+QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
