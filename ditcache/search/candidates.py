@@ -6,8 +6,13 @@ blocks a config skips, plus the cache's own arithmetic, both measured.
 Predicted error ("proxy"): the error a config injects at its region's output,
 summed over its reuse steps. On a reuse step ``t`` with store step ``t0`` the
 region returns ``in_s(t) + delta(t0)`` instead of ``in_s(t) + delta(t)``; the
-squared size of ``delta(t) - delta(t0)`` relative to the model's final hidden
-state at ``t`` is that step's contribution. With ``reuse="taylor1"`` the region
+squared size of ``delta(t) - delta(t0)`` relative to the region's own output at
+``t`` is that step's contribution. (Measured against the model's final hidden
+state instead, regions ending in the last blocks look far worse than they are:
+on the bundled model at 20 steps that ranking put a 23.9 dB config first at
+1.5x where a 33.0 dB one existed; relative to the region's own output the
+rank correlation with measured PSNR over 1404 configs rose from 0.54 to 0.57
+and the top pick at 1.3x was the best one.) With ``reuse="taylor1"`` the region
 returns the residual extrapolated from the two store steps before ``t``, and
 the error is measured against that. It ranks configs; the best few are then
 run for real.
@@ -15,7 +20,7 @@ run for real.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,7 +66,7 @@ def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
 class _RegionErrors:
     """Squared errors of reusing a region's residual, relative to the final hidden state, per step.
 
-    ``constant[t, k]``: reusing the residual of step ``t - k`` at step ``t``.
+    ``constant[t, k]``: reusing the residual of step ``t - k`` at step ``t``, relative to ``scale[t]``.
     ``taylor[iv][t, k]``: reusing it extrapolated from steps ``t - k - iv`` and ``t - k``.
     """
 
@@ -103,15 +108,14 @@ def enumerate_candidates(cal: Calibration, max_interval: int,
                          reuse_modes: Sequence[str] = ("delta",)) -> List[Candidate]:
     """Every (region, step start, interval, reuse mode) with its predicted speedup and proxy error."""
     steps = cal.num_steps
-    final = cal.block_out[:, :, -1, :].double()
-    scale = (final * final).sum(dim=(0, 2)).clamp_min(1e-30)  # (steps,)
     blocks = cal.block_in.shape[2]
     candidates = []
     for s in range(blocks):
         start_state = cal.block_in[:, :, s, :].double()
         for e in range(s, blocks):
-            errors = _RegionErrors(cal.block_out[:, :, e, :].double() - start_state, scale, max_interval,
-                                   "taylor1" in reuse_modes)
+            output = cal.block_out[:, :, e, :].double()
+            scale = (output * output).sum(dim=(0, 2)).clamp_min(1e-30)  # (steps,)
+            errors = _RegionErrors(output - start_state, scale, max_interval, "taylor1" in reuse_modes)
             for reuse in reuse_modes:
                 for interval in range(2, max_interval + 1):
                     for start in range(0, steps - 1):
@@ -136,13 +140,29 @@ def pareto_front(candidates: List[Candidate]) -> List[Candidate]:
     return front[::-1]
 
 
-def best_for_target(candidates: List[Candidate], target: float, count: int) -> List[Candidate]:
-    """The ``count`` lowest-proxy candidates predicted to reach ``target``, one per (region, interval, reuse)."""
-    best: Dict[tuple, Candidate] = {}
+def best_for_target(candidates: List[Candidate], target: float, count: int,
+                    score: Optional[Callable[[Candidate], float]] = None,
+                    exclude: Collection[str] = ()) -> List[Candidate]:
+    """The ``count`` best-scored candidates predicted to reach ``target`` (default score: lowest proxy).
+
+    One per kind (region, interval, reuse mode), taken in turn from each family (interval, reuse
+    mode), best family first: the proxy compares configs of one family better than configs of
+    different families, so one family it over-rates must not fill every slot. Keys in ``exclude``
+    (configs already run) are skipped.
+    """
+    score = score or (lambda c: -c.proxy)
+    best: Dict[tuple, Tuple[float, Candidate]] = {}
     for c in candidates:
-        if c.predicted_speedup < target:
+        if c.predicted_speedup < target or c.key() in exclude:
             continue
-        key = (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval, c.config.reuse)
-        if key not in best or c.proxy < best[key].proxy:
-            best[key] = c
-    return sorted(best.values(), key=lambda c: c.proxy)[:count]
+        kind = (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval, c.config.reuse)
+        value = score(c)
+        if kind not in best or value > best[kind][0]:
+            best[kind] = (value, c)
+    families: Dict[tuple, List[Candidate]] = {}
+    for _, c in sorted(best.values(), key=lambda pair: -pair[0]):
+        families.setdefault((c.config.cache_step_interval, c.config.reuse), []).append(c)
+    picked: List[Candidate] = []
+    for depth in range(max((len(f) for f in families.values()), default=0)):
+        picked += [family[depth] for family in families.values() if depth < len(family)]
+    return picked[:count]

@@ -10,6 +10,9 @@
    the best one whose *measured* speedup meets the target wins. For a quality
    floor, the predicted Pareto front is bisected with real runs for the fastest
    config that stays above it.
+4. After each round the candidates are re-ranked with what the runs measured
+   (:mod:`ditcache.search.ranking`); a speedup search then runs a few more
+   configs, one round at a time, while one is predicted to beat the best found.
 """
 from __future__ import annotations
 
@@ -26,12 +29,15 @@ from ..timing import module_device, timed
 from .calibration import Calibration, CalibrationRecorder
 from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
 from .journal import Journal
+from .ranking import QualityModel
 from .report import SearchReport, logger
 
 RunVideos = Callable[[Any], List[np.ndarray]]
 RETIME_BELOW = 0.97  # measured / predicted speedup under which a candidate run is timed again
 NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
 QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search
+REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
+REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -224,7 +230,7 @@ class CacheSearch:
     # --- candidate runs ----------------------------------------------------------------
 
     def _run_candidates(self, picks: List[Candidate], run_videos: RunVideos, prompts_num: int,
-                        description: str) -> List[Dict[str, Any]]:
+                        description: str, needed: Optional[float] = None) -> List[Dict[str, Any]]:
         """Run ``picks`` for real (spread over the ranks where each holds the model); every rank gets every record."""
         done = self._on_main(lambda: {c.key(): self.journal.runs[c.key()] for c in picks if c.key() in self.journal.runs})
         # runs found in the journal count once, as resumed; a config run earlier in this search costs nothing again
@@ -238,7 +244,7 @@ class CacheSearch:
         records = []
         with tqdm(total=len(mine), desc=description, disable=not self._show, leave=False) as bar:
             for candidate in mine:
-                record = self._evaluate(candidate, run_videos, prompts_num)
+                record = self._evaluate(candidate, run_videos, prompts_num, needed)
                 if record is not None:
                     self.journal.add_run(record)  # at once: an interruption loses only the run under way
                 records.append(record)
@@ -253,16 +259,23 @@ class CacheSearch:
         by_key = {**done, **{record["key"]: record for record in records}}
         return [by_key[candidate.key()] for candidate in picks]
 
-    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int) -> Optional[Dict[str, Any]]:
-        """One real run of ``candidate``: timed, and scored against the references."""
+    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int,
+                  needed: Optional[float] = None) -> Optional[Dict[str, Any]]:
+        """One real run of ``candidate``: timed, and scored against the references.
+
+        Noise only ever adds time, so a run that measured short is timed once more, keeping the
+        faster: short of ``needed`` (the speed it must reach to count) when given, else well
+        short of its prediction.
+        """
         key = candidate.key()
         self.adaptor.set_cache_config(candidate.config)
         videos, seconds = self._timed(run_videos)
         runs = 1
-        # Noise only ever adds time: a run well short of its prediction is timed once more, keeping the faster.
-        retime = self.calibration is not None and (
-            self.calibration.full_seconds / seconds < candidate.predicted_speedup * RETIME_BELOW
-        )
+        if self.calibration is not None:
+            measured = self.calibration.full_seconds / seconds
+            retime = measured < (needed if needed is not None else candidate.predicted_speedup * RETIME_BELOW)
+        else:
+            retime = False
         if self.sequence_parallel and self.context.enabled:
             retime = broadcast_object(retime)  # the ranks run together: rank 0 decides
         if retime:
@@ -289,25 +302,41 @@ class CacheSearch:
         return record
 
     def _for_speedup(self, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
+        """The best-ranked few configs predicted to reach the target, then a few rounds re-ranked by what they measured."""
         target = self.config.cache_ratio
         fastest = self._on_main(lambda: self._fastest_reaching(target))
         aim = min(target * (1 + self.config.speed_margin), fastest)
-        tried: List[Dict[str, Any]] = []
-        for _ in range(3):  # re-aim higher if timing noise left every pick short of the target
-            picks = self._on_main(lambda: best_for_target(self.candidates, aim, self.config.candidates_to_run))
-            tried += self._run_candidates(picks, run_videos, prompts_num, f"search >= {target:g}x")
-            meeting = [r for r in tried if r["measured_speedup"] >= target]
-            if meeting:
-                return max(meeting, key=lambda r: (r["psnr"], r["ssim"]))
-            if aim >= fastest:
+        description = f"search >= {target:g}x"
+        picks = self._on_main(lambda: best_for_target(self.candidates, aim, self.config.candidates_to_run))
+        tried = self._run_candidates(picks, run_videos, prompts_num, description, needed=target)
+        width = self.context.world_size if not self.sequence_parallel else 1
+        for _ in range(REFINE_ROUNDS):
+            picks = self._on_main(lambda: self._promising(tried, target, fastest, width))
+            if not picks:
                 break
-            shortfall = target / max(r["measured_speedup"] / r["predicted_speedup"] for r in tried)
-            aim = min(max(shortfall, aim * 1.02), fastest)
+            tried += self._run_candidates(picks, run_videos, prompts_num, description, needed=target)
+        meeting = [r for r in tried if r["measured_speedup"] >= target]
+        if meeting:
+            return max(meeting, key=lambda r: (r["psnr"], r["ssim"]))
         best = max(r["measured_speedup"] for r in tried)
         raise ValueError(
             f"cache_ratio={target:g} was not reached as measured: the best measured speedup was {best:.3f}x "
             f"(predictions were off by timing noise or overheads); ask for at most {best:.2f}"
         )
+
+    def _promising(self, tried: List[Dict[str, Any]], target: float, fastest: float, count: int) -> List[Candidate]:
+        """Configs not yet run that the runs so far predict to beat the best one meeting the target.
+
+        Predicted PSNR comes from :class:`QualityModel` fitted on the runs; the predicted speed
+        is corrected by how far short of their predictions the runs measured.
+        """
+        meeting = [r["psnr"] for r in tried if r["measured_speedup"] >= target]
+        bar = max(meeting) + REFINE_GAIN_DB if meeting else -np.inf
+        shortfall = min(1.0, float(np.median([r["measured_speedup"] / r["predicted_speedup"] for r in tried])))
+        aim = min(target * (1 + self.config.speed_margin) / shortfall, fastest)
+        model = QualityModel(tried)
+        picks = best_for_target(self.candidates, aim, count, model, exclude={r["key"] for r in tried})
+        return [c for c in picks if model(c) > bar]
 
     def _fastest_reaching(self, target: float) -> float:
         fastest = max(self.candidates, key=lambda c: c.predicted_speedup)
@@ -337,8 +366,10 @@ class CacheSearch:
         while low <= high:
             count = min(probes_per_round, high - low + 1)
             indices = sorted({low + (high - low) * (k + 1) // (count + 1) for k in range(count)})
+            model = QualityModel(seen)
             probes = self._on_main(lambda: [
-                best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH) for i in indices
+                best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH, model)
+                for i in indices
             ])
             picks = list({c.key(): c for probe in probes for c in probe}.values())
             records = {r["key"]: r for r in self._run_candidates(picks, run_videos, prompts_num,

@@ -1,0 +1,67 @@
+"""Predicted PSNR of a candidate: its proxy, corrected by the runs already made.
+
+The proxy (:mod:`ditcache.search.candidates`) ranks configs of one kind well and
+configs of different kinds less well: how an error injected at a region's
+output reaches the video depends on where the region ends, on the interval and
+on the reuse mode. Every real run shows how far off the proxy was for its kind.
+A candidate's predicted PSNR is its proxy in dB plus the offsets measured on
+runs of its family (same interval and reuse mode), weighted by how close their
+regions end to its own, with the mean offset of all runs as a weak prior; so
+each round of the search re-ranks with what the previous rounds measured.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Sequence, Tuple
+
+from ..config import DitCacheConfig
+from .candidates import Candidate
+
+PRIOR_WEIGHT = 0.1  # weight of the mean offset over all runs (a run 3 blocks away weighs 0.125)
+
+
+def proxy_db(proxy: float) -> float:
+    """The proxy as a PSNR-like figure: higher is better."""
+    return -10.0 * math.log10(max(proxy, 1e-30))
+
+
+def _kind(config: DitCacheConfig) -> Tuple[str, int, int]:
+    return config.reuse, config.cache_step_interval, config.cache_block_end
+
+
+def _likeness(a: Tuple[str, int, int], b: Tuple[str, int, int]) -> float:
+    """Within one family (reuse mode and interval), halved per block between the region ends; else 0."""
+    if a[:2] != b[:2]:
+        return 0.0
+    return 0.5 ** abs(a[2] - b[2])
+
+
+class QualityModel:
+    """Callable: candidate -> predicted PSNR in dB. With no runs, the proxy's order."""
+
+    def __init__(self, records: Sequence[Dict[str, Any]]) -> None:
+        self._offsets: List[Tuple[Tuple[str, int, int], float]] = [
+            (_kind(DitCacheConfig.from_dict(r["config"])), r["psnr"] - proxy_db(r["proxy"]))
+            for r in records
+            if math.isfinite(r["psnr"])
+        ]
+        self._mean = sum(o for _, o in self._offsets) / len(self._offsets) if self._offsets else 0.0
+        families: Dict[Tuple[str, int], List[float]] = {}
+        for kind, offset in self._offsets:
+            families.setdefault(kind[:2], []).append(offset)
+        self._best_family = max((sum(o) / len(o) for o in families.values()), default=0.0)
+        self._by_kind: Dict[Tuple[str, int, int], float] = {}
+
+    def offset(self, config: DitCacheConfig) -> float:
+        kind = _kind(config)
+        if kind not in self._by_kind:
+            weights = [_likeness(kind, other) for other, _ in self._offsets]
+            if sum(weights) == 0:  # a family not run yet: as good as the best family run, so it gets tried
+                self._by_kind[kind] = self._best_family
+            else:
+                total = sum(w * o for w, (_, o) in zip(weights, self._offsets)) + PRIOR_WEIGHT * self._mean
+                self._by_kind[kind] = total / (sum(weights) + PRIOR_WEIGHT)
+        return self._by_kind[kind]
+
+    def __call__(self, candidate: Candidate) -> float:
+        return proxy_db(candidate.proxy) + self.offset(candidate.config)
