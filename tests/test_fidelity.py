@@ -42,14 +42,8 @@ def test_wrong_prompt_and_empty_clip_are_misses():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped weights draw squares with rounded corners (box fill ~0.8, below the checker's 0.89), so "
-    "shape misses its bar; colour and direction meet theirs. Drop this marker when weights that meet the bar are "
-    "committed (strict: passing then fails here)",
-)
-def test_shipped_model_meets_the_quality_bar():
-    """Default sampling settings, 12 prompts x 1 seed (the full table is bench/fidelity.py)."""
+def test_shipped_model_on_a_fixed_subset():
+    """Default sampling settings, 12 prompts x 1 seed, one miss of slack per bar (a regression guard)."""
     from ditcache.models import load_bundled_pipeline
 
     results = evaluate_pipeline(load_bundled_pipeline(), SUBSET, seeds=[0], progress=False)
@@ -58,3 +52,19 @@ def test_shipped_model_meets_the_quality_bar():
     assert rates["direction"] >= 10 / 12, rates
     assert rates["shape"] >= 9 / 12, rates
     assert rates["mean"] >= 0.85, rates
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped weights draw many squares with rounded corners (box fill ~0.8, below the checker's 0.89): "
+    "shape is 76.8% of 168 clips, under its 80% bar; colour and direction meet theirs. Drop this marker when "
+    "weights that meet the bar are committed (strict: passing then fails here)",
+)
+def test_shipped_model_meets_the_quality_bar():
+    """All 84 prompts x 2 seeds at default settings, against the exact bars (as bench/fidelity.py)."""
+    from ditcache.models import load_bundled_pipeline
+
+    rates = hit_rates(evaluate_pipeline(load_bundled_pipeline(), ALL_PROMPTS, seeds=[0, 1], progress=False))
+    assert rates["colour"] >= 0.95 and rates["direction"] >= 0.90, rates
+    assert rates["shape"] >= 0.80 and rates["mean"] >= 0.90, rates
