@@ -6,8 +6,9 @@ output reaches the video depends on where the region ends, on the interval and
 on the reuse mode. Every real run shows how far off the proxy was for its kind.
 A candidate's predicted PSNR is its proxy in dB plus the offsets measured on
 runs of its family (same interval and reuse mode), weighted by how close their
-regions end to its own, with the mean offset of all runs as a weak prior; so
-each round of the search re-ranks with what the previous rounds measured.
+regions end to its own, with the mean offset of all runs as a weak prior; a
+family not run yet is taken to be as good as the best family run, so that it
+gets tried. Each round of the search re-ranks with what the previous rounds measured.
 """
 from __future__ import annotations
 
