@@ -244,9 +244,13 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep-intervals", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--sweep-reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"])
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search.json"))
+    parser.add_argument("--out", help="JSON results (default: results/search.json for ours/reference, "
+                                          "else results/<part>.json)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    if args.out is None:  # one part run alone must not overwrite another part's results
+        name = "search" if parts & {"ours", "reference"} or len(parts) > 1 else next(iter(parts))
+        args.out = os.path.join(os.path.dirname(__file__), "results", f"{name}.json")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     results: Dict[str, List[Dict]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
