@@ -271,11 +271,8 @@ class CacheSearch:
         self.adaptor.set_cache_config(candidate.config)
         videos, seconds = self._timed(run_videos)
         runs = 1
-        if self.calibration is not None:
-            measured = self.calibration.full_seconds / seconds
-            retime = measured < (needed if needed is not None else candidate.predicted_speedup * RETIME_BELOW)
-        else:
-            retime = False
+        short_of = needed if needed is not None else candidate.predicted_speedup * RETIME_BELOW
+        retime = self.calibration is not None and self.calibration.full_seconds / seconds < short_of
         if self.sequence_parallel and self.context.enabled:
             retime = broadcast_object(retime)  # the ranks run together: rank 0 decides
         if retime:
@@ -366,11 +363,7 @@ class CacheSearch:
         while low <= high:
             count = min(probes_per_round, high - low + 1)
             indices = sorted({low + (high - low) * (k + 1) // (count + 1) for k in range(count)})
-            model = QualityModel(seen)
-            probes = self._on_main(lambda: [
-                best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH, model)
-                for i in indices
-            ])
+            probes = self._on_main(lambda: self._probes(front, indices, seen))
             picks = list({c.key(): c for probe in probes for c in probe}.values())
             records = {r["key"]: r for r in self._run_candidates(picks, run_videos, prompts_num,
                                                                    f"search PSNR >= {floor:g} dB")}
@@ -393,6 +386,12 @@ class CacheSearch:
                 f"{top['psnr']:.2f} dB; ask for at most {np.floor(top['psnr'] * 10) / 10:.1f}"
             )
         return best
+
+    def _probes(self, front: List[Candidate], indices: List[int], seen: List[Dict[str, Any]]) -> List[List[Candidate]]:
+        """Rank 0: for each probed speed, the best configs reaching it, re-ranked by the runs seen so far."""
+        model = QualityModel(seen)
+        return [best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH, model)
+                for i in indices]
 
     @staticmethod
     def _describe(candidate: Candidate) -> str:
