@@ -152,7 +152,7 @@ def _run_search(args: argparse.Namespace) -> None:
     config = DitCacheSearchConfig(
         cache_ratio=1.3 if args.cache_ratio is None else args.cache_ratio, min_psnr=args.min_psnr,
         num_sampling_steps=steps, journal_dir=args.journal or os.path.splitext(args.out)[0] + ".journal",
-        cache_step_interval=args.max_interval, reuse_modes=tuple(args.reuse),
+        cache_step_interval=args.max_interval, reuse_modes=tuple(args.reuse), confirm_pairs=args.confirm_pairs,
     )
     pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=args.device)
     for prompt in prompts:
@@ -192,6 +192,8 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-interval", type=int, default=4, help="largest reuse interval tried")
     p.add_argument("--reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"],
                    help="reuse modes tried")
+    p.add_argument("--confirm-pairs", type=int, default=2,
+                   help="interleaved uncached/cached run pairs confirming the winner's speedup (0: none)")
     _add_model_flags(p)
     p.set_defaults(handler=_run_search)
 

@@ -146,7 +146,9 @@ class DitCacheSearchConfig:
     it); ``reuse_modes`` are the reuse modes searched (the spec's ``"delta"``
     and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
-    candidate's predicted speedup needs, against timing noise; ``journal_dir``
+    candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is how many interleaved
+    uncached / cached run pairs confirm the winner's speedup (median ratio; 0 keeps its single screening
+    run's figure); ``journal_dir``
     makes the search resumable.
     """
 
@@ -158,6 +160,7 @@ class DitCacheSearchConfig:
     min_psnr: Optional[float] = None
     candidates_to_run: int = 3
     speed_margin: float = 0.02
+    confirm_pairs: int = 2
     journal_dir: Optional[str] = None
     reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
 
@@ -173,6 +176,7 @@ class DitCacheSearchConfig:
         if self.min_psnr is not None:
             self.min_psnr = check_number("min_psnr", self.min_psnr, 0.0)
         check_int("candidates_to_run", self.candidates_to_run, 1)
+        check_int("confirm_pairs", self.confirm_pairs, 0)
         if isinstance(self.speed_margin, bool) or not isinstance(self.speed_margin, (int, float)) or not (
             0.0 <= self.speed_margin < 1.0
         ):

@@ -73,6 +73,8 @@ def search_parser() -> argparse.ArgumentParser:
     search.add_argument("--cache_step_interval", type=int, default=4, help="dit_cache: largest interval tried")
     search.add_argument("--candidates_to_run", type=int, default=3,
                         help="dit_cache: best-ranked configs run for real for a speedup target")
+    search.add_argument("--confirm_pairs", type=int, default=2,
+                        help="dit_cache: interleaved uncached/cached run pairs confirming the winner's speedup")
     search.add_argument("--cache_save_path", default="./dit_cache_config.json")
     search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")

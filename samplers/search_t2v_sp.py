@@ -31,6 +31,7 @@ def search_dit_cache(args, context) -> None:
     config = DitCacheSearchConfig(
         cache_ratio=args.cache_ratio or 1.3, min_psnr=args.min_psnr, num_sampling_steps=args.num_sampling_steps,
         cache_step_interval=args.cache_step_interval, journal_dir=journal, candidates_to_run=args.candidates_to_run,
+        confirm_pairs=args.confirm_pairs,
     )
     adaptor = DitCacheAdaptor(backend.pipeline, config, backend.block_path)
     try:

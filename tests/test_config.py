@@ -99,6 +99,7 @@ def test_num_sampling_steps_bounds_the_step_start():
         (dict(min_psnr=-3), "min_psnr must be a finite number > 0.0, got -3"),
         (dict(min_psnr="30"), "min_psnr"),
         (dict(candidates_to_run=0), "candidates_to_run must be an int >= 1, got 0"),
+        (dict(confirm_pairs=-1), "confirm_pairs must be an int >= 0, got -1"),
         (dict(speed_margin=1.5), "speed_margin must be a number in"),
         (dict(journal_dir=3), "journal_dir must be a path"),
         (dict(reuse_modes=("taylor2",)), r"reuse_modes must be a non-empty list of distinct values from \['delta', 'taylor1'\]"),
