@@ -24,7 +24,7 @@ import torch
 from ditcache._atomic import atomic_write, atomic_write_text
 from ditcache.metrics import compare_videos
 from ditcache.models.fidelity import check_clip, hit_rates
-from ditcache.models.pipeline import BUNDLED_WEIGHTS, load_bundled_pipeline, weights_fingerprint
+from ditcache.models.pipeline import BUNDLED_WEIGHTS, DEFAULT_GUIDANCE, load_bundled_pipeline, weights_fingerprint
 from ditcache.models.shapes import ALL_PROMPTS
 from ditcache.restep import ReStepAdaptor, ReStepSearchConfig, read_schedule_timesteps
 from ditcache.restep.schedule import SCHEDULE_FILE
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
 
-    work = os.path.join(args.work, weights_fingerprint(args.model or BUNDLED_WEIGHTS))
+    work = os.path.join(args.work, f"{weights_fingerprint(args.model or BUNDLED_WEIGHTS)}-g{DEFAULT_GUIDANCE:g}")
     os.makedirs(work, exist_ok=True)
     pipes = {name: load_bundled_pipeline(args.model, scheduler=name) for name in SAMPLERS}
     search_pipe = pipes[next(iter(SAMPLERS))]
@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     print(
         f"Bundled model ({args.model or 'bundled weights'}), {len(EVAL_PROMPTS)} prompts x {len(EVAL_SEEDS)} seeds, "
-        f"guidance 4, references: the same sampler at {REFERENCE_STEPS} steps; search: {len(CALIBRATION_PROMPTS)} "
+        f"guidance {DEFAULT_GUIDANCE:g}, references: the same sampler at {REFERENCE_STEPS} steps; search: {len(CALIBRATION_PROMPTS)} "
         f"calibration clips, 5 Monte Carlo clips per point, uniform neighbours ({time.time() - start:.0f} s)\n"
     )
     print("| sampler | steps | schedule | PSNR (dB) | SSIM | fidelity |")
