@@ -12,10 +12,14 @@ lowest MSE measured on re-encoded mp4 files; the interval stays 2.
 The frontier sweeps every (region, step start on a grid, interval) on a shortened setting, and ours is
 run on that same setting to give its gap to the best PSNR at its measured speedup.
 
+The runs part counts both strategies' full runs at 1.3x where the reference's cost was stated (32 blocks,
+100 steps), on an untrained 32-block model of the same architecture: only its counts mean anything.
+
 Every run is cached under --cache, so an interrupted benchmark resumes.
 
     python bench/search.py                       # everything (long on 2 CPU cores)
     python bench/search.py --parts ours,reference
+    python bench/search.py --parts runs          # full runs of both strategies, 32 blocks, 100 steps
     python bench/search.py --parts reuse --out bench/results/reuse.json   # constant vs extrapolated (taylor1)
     python bench/search.py --parts reuse --scheduler euler --out bench/results/reuse-euler.json
 """
@@ -35,24 +39,37 @@ import numpy as np
 import torch
 
 from ditcache import DitCacheAdaptor, DitCacheConfig, DitCacheSearchConfig, dit_cache
+from ditcache.config import REUSE_MODES
 from ditcache._atomic import atomic_write_text
 from ditcache.metrics import compare_videos, mse
-from ditcache.models import load_bundled_pipeline
+from ditcache.search.calibration import Calibration
+from ditcache.search.candidates import Candidate, enumerate_candidates
+from ditcache.models import ShapesT2V, load_bundled_pipeline
 from ditcache.models.fidelity import check_clip, hit_rates
-from ditcache.models.pipeline import DEFAULT_SCHEDULER, SCHEDULERS, weights_fingerprint
+from ditcache.models.pipeline import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULERS, weights_fingerprint
 
 PROMPTS = ["a red circle moving right", "a blue square moving up"]
 
 
 class Setting:
-    """The bundled model at fixed prompts, seed and steps; every run's videos and time cached on disk."""
+    """The bundled model at fixed prompts, seed and steps; every run's videos and time cached on disk.
 
-    def __init__(self, steps: int, prompts: Sequence[str], cache: str, scheduler: str = DEFAULT_SCHEDULER) -> None:
+    ``untrained_blocks`` swaps in an untrained transformer of the same architecture with that many
+    blocks (seeded): its videos are noise, but run counts on it are real for a deeper model.
+    """
+
+    def __init__(self, steps: int, prompts: Sequence[str], cache: str, scheduler: str = DEFAULT_SCHEDULER,
+                 untrained_blocks: Optional[int] = None) -> None:
         self.steps, self.prompts, self.scheduler = steps, list(prompts), scheduler
         self.pipe = load_bundled_pipeline(scheduler=scheduler)
+        if untrained_blocks is not None:
+            torch.manual_seed(0)
+            config = {**self.pipe.transformer.config, "num_layers": untrained_blocks}
+            self.pipe.transformer = ShapesT2V.from_config(config).eval()
         self.blocks = len(self.pipe.transformer.transformer_blocks)
-        tag = hashlib.sha1(json.dumps([steps, self.prompts, scheduler]).encode()).hexdigest()[:10]
-        self.cache = os.path.join(cache, weights_fingerprint(), f"s{steps}-p{len(self.prompts)}-{tag}")
+        tag = hashlib.sha1(json.dumps([steps, self.prompts, scheduler, DEFAULT_GUIDANCE]).encode()).hexdigest()[:10]
+        model = weights_fingerprint() if untrained_blocks is None else f"untrained{untrained_blocks}"
+        self.cache = os.path.join(cache, model, f"s{steps}-p{len(self.prompts)}-{tag}")
         os.makedirs(self.cache, exist_ok=True)
         self.reference, self.uncached_seconds = self.videos(None)
 
@@ -182,16 +199,29 @@ def sweep(setting: Setting, starts: Sequence[int], intervals: Sequence[int], mod
         pending = [r for r in front if not r["retimed"]]
         if not pending:
             break
-        for row in pending:
-            row["measured"], row["retimed"] = setting.speedup(row["config"], repeats=3), True
+        for row in pending:  # timed as the searches' picks are, so the gap compares like with like
+            row["measured"], row["retimed"] = setting.speedup(row["config"]), True
     for row in rows:
         row["config"] = row["config"].to_dict()
     return rows
 
 
-def frontier_psnr(rows: List[Dict], speedup: float) -> float:
-    """The best PSNR of any swept config at least as fast as ``speedup``."""
-    return max((r["psnr"] for r in rows if r["measured"] >= speedup), default=float("nan"))
+def frontier_psnr(rows: List[Dict], speedup: float, speed: str = "measured") -> float:
+    """The best PSNR of any swept config at least as fast as ``speedup`` (by the rows' ``speed`` figure)."""
+    return max((r["psnr"] for r in rows if r[speed] >= speedup), default=float("nan"))
+
+
+def predict_rows(rows: List[Dict], journal: str) -> None:
+    """Give every swept row the speedup a search predicted for it, from that search's calibration.
+
+    Predictions come from measured block times but carry no run-to-run noise, so a gap taken at
+    equal predicted speed tells how well the search ranks, apart from how a timing fell.
+    """
+    calibration = Calibration.from_state_dict(torch.load(os.path.join(journal, "calibration.pt"), weights_only=False))
+    widest = max(row["config"]["cache_step_interval"] for row in rows)
+    predicted = {c.key(): c.predicted_speedup for c in enumerate_candidates(calibration, widest, REUSE_MODES)}
+    for row in rows:
+        row["predicted"] = predicted[Candidate(DitCacheConfig.from_dict(row["config"]), 0.0, 0.0).key()]
 
 
 def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -> List[Dict]:
@@ -233,16 +263,19 @@ def table(rows: List[Dict], columns: Sequence[str]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ours,reference,reuse,frontier")
+    parser.add_argument("--parts", default="ours,reference,runs,reuse,frontier")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS))
     parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
     parser.add_argument("--floors", type=float, nargs="+", default=[35.0, 30.0])
+    parser.add_argument("--runs-blocks", type=int, default=32, help="runs part: blocks of the untrained model")
+    parser.add_argument("--runs-steps", type=int, default=100, help="runs part: sampling steps")
     parser.add_argument("--sweep-steps", type=int, default=20)
     parser.add_argument("--sweep-prompts", type=int, default=1)
     parser.add_argument("--sweep-starts", type=int, nargs="+", default=[0, 2, 4, 6, 8])
     parser.add_argument("--sweep-intervals", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--sweep-reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
     parser.add_argument("--out", help="JSON results (default: results/search.json for ours/reference, "
                                           "else results/<part>.json)")
@@ -253,6 +286,8 @@ def main(argv=None) -> None:
         args.out = os.path.join(os.path.dirname(__file__), "results", f"{name}.json")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     results: Dict[str, List[Dict]] = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     if parts & {"ours", "reference", "reuse"}:
@@ -275,21 +310,37 @@ def main(argv=None) -> None:
         print(f"\n## constant vs extrapolated reuse (plot: {plot})\n" + table(
             results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity",
                                "note"]))
+    if "runs" in parts:
+        deep = Setting(args.runs_steps, PROMPTS[:1], args.cache, args.scheduler, untrained_blocks=args.runs_blocks)
+        print(f"untrained {deep.blocks}-block model, {args.runs_steps} steps, 1 prompt; "
+              f"uncached run {deep.uncached_seconds:.2f} s")
+        results["runs"] = [
+            {"strategy": "ours", **ours(deep, 1.3, None, os.path.join(deep.cache, "journal-x1.3"))},
+            {"strategy": "reference", **reference_strategy(deep, 1.3)},
+        ]
+        print(f"\n## full runs at 1.3x, {deep.blocks} blocks, {args.runs_steps} steps\n" + table(
+            results["runs"], ["strategy", "config", "runs", "measured", "psnr", "note"]))
     if "frontier" in parts:
         short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache, args.scheduler)
         rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals,
                      args.sweep_reuse)
         gaps = []
         for target in args.targets:
-            row = ours(short, target, None, os.path.join(short.cache, f"journal-x{target:g}"))
+            journal = os.path.join(short.cache, f"journal-x{target:g}")
+            row = ours(short, target, None, journal)
             if "psnr" in row:
                 row["frontier_psnr"] = frontier_psnr(rows, row["measured"])
                 row["gap_db"] = row["frontier_psnr"] - row["psnr"]
+                predict_rows(rows, journal)
+                row["predicted_frontier_psnr"] = frontier_psnr(rows, row["predicted"], "predicted")
+                row["predicted_gap_db"] = row["predicted_frontier_psnr"] - row["psnr"]
             gaps.append(row)
         results["frontier"] = gaps
         print(f"\n## gap to the frontier ({len(rows)} swept configs, {args.sweep_steps} steps, "
-              f"{args.sweep_prompts} prompt(s))\n" + table(gaps, ["goal", "config", "runs", "measured", "psnr",
-                                                                  "frontier_psnr", "gap_db", "note"]))
+              f"{args.sweep_prompts} prompt(s))\n" + table(gaps, ["goal", "config", "runs", "predicted", "measured",
+                                                                  "psnr", "frontier_psnr", "gap_db",
+                                                                  "predicted_frontier_psnr", "predicted_gap_db",
+                                                                  "note"]))
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     sys.stdout.flush()
 
