@@ -147,8 +147,9 @@ class DitCacheSearchConfig:
     and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
     candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is how many interleaved
-    uncached / cached run pairs confirm the winner's speedup (median ratio; 0 keeps its single screening
-    run's figure); ``journal_dir``
+    uncached / cached run pairs measure the winner's speedup (median ratio); until then choices are made
+    on predicted speedups, which carry no run-to-run noise (0: on each candidate's single screening timing
+    instead, with no pairs); ``journal_dir``
     makes the search resumable.
     """
 

@@ -6,11 +6,11 @@
 2. Every config (all four knobs) gets a predicted speedup and a predicted error
    (:mod:`ditcache.search.candidates`).
 3. For a speedup target, the few best-ranked configs predicted to reach it are
-   run for real, scored by PSNR / SSIM / MSE against the references, and timed;
-   the best one whose *measured* speedup meets the target, confirmed by
-   interleaved uncached / cached pairs, wins. For a quality
-   floor, the predicted Pareto front is bisected with real runs for the fastest
-   config that stays above it.
+   run for real and scored by PSNR / SSIM / MSE against the references; the best
+   one predicted to meet the target has its speed *measured* by interleaved
+   uncached / cached pairs and wins if that meets it (else the next best is
+   measured). For a quality floor, the predicted Pareto front is bisected with
+   real runs for the fastest config that stays above it, then its speed measured.
 4. After each round the candidates are re-ranked with what the runs measured
    (:mod:`ditcache.search.ranking`); a speedup search then runs a few more
    configs, one round at a time, while one is predicted to beat the best found.
@@ -34,7 +34,6 @@ from .ranking import QualityModel
 from .report import SearchReport, logger, speedup_of
 
 RunVideos = Callable[[Any], List[np.ndarray]]
-RETIME_BELOW = 0.97  # measured / predicted speedup under which a candidate run is timed again
 NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
 QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
@@ -232,7 +231,7 @@ class CacheSearch:
     # --- candidate runs ----------------------------------------------------------------
 
     def _run_candidates(self, picks: List[Candidate], run_videos: RunVideos, prompts_num: int,
-                        description: str, needed: Optional[float] = None) -> List[Dict[str, Any]]:
+                        description: str) -> List[Dict[str, Any]]:
         """Run ``picks`` for real (spread over the ranks where each holds the model); every rank gets every record."""
         done = self._on_main(lambda: {c.key(): self.journal.runs[c.key()] for c in picks if c.key() in self.journal.runs})
         # runs found in the journal count once, as resumed; a config run earlier in this search costs nothing again
@@ -246,7 +245,7 @@ class CacheSearch:
         records = []
         with tqdm(total=len(mine), desc=description, disable=not self._show, leave=False) as bar:
             for candidate in mine:
-                record = self._evaluate(candidate, run_videos, prompts_num, needed)
+                record = self._evaluate(candidate, run_videos, prompts_num)
                 if record is not None:
                     self.journal.add_run(record)  # at once: an interruption loses only the run under way
                 records.append(record)
@@ -261,25 +260,12 @@ class CacheSearch:
         by_key = {**done, **{record["key"]: record for record in records}}
         return [by_key[candidate.key()] for candidate in picks]
 
-    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int,
-                  needed: Optional[float] = None) -> Optional[Dict[str, Any]]:
-        """One real run of ``candidate``: timed, and scored against the references.
-
-        Noise only ever adds time, so a run that measured short is timed once more, keeping the
-        faster: short of ``needed`` (the speed it must reach to count) when given, else well
-        short of its prediction.
-        """
+    def _evaluate(self, candidate: Candidate, run_videos: RunVideos, prompts_num: int) -> Optional[Dict[str, Any]]:
+        """One real run of ``candidate``: scored against the references, and timed (see :meth:`_estimate`)."""
         key = candidate.key()
         self.adaptor.set_cache_config(candidate.config)
         videos, seconds = self._timed(run_videos)
         runs = 1
-        short_of = needed if needed is not None else candidate.predicted_speedup * RETIME_BELOW
-        retime = self.calibration is not None and self.calibration.full_seconds / seconds < short_of
-        if self.sequence_parallel and self.context.enabled:
-            retime = broadcast_object(retime)  # the ranks run together: rank 0 decides
-        if retime:
-            seconds = min(seconds, self._timed(run_videos)[1])
-            runs += 1
         self.full_runs += runs
         if self.calibration is None:  # a sequence-parallel helper rank: rank 0 scores the run
             return None
@@ -307,35 +293,46 @@ class CacheSearch:
         aim = min(target * (1 + self.config.speed_margin), fastest)
         description = f"search >= {target:g}x"
         picks = self._on_main(lambda: best_for_target(self.candidates, aim, self.config.candidates_to_run))
-        tried = self._run_candidates(picks, run_videos, prompts_num, description, needed=target)
+        tried = self._run_candidates(picks, run_videos, prompts_num, description)
         width = self.context.world_size if not self.sequence_parallel else 1
         for _ in range(REFINE_ROUNDS):
             picks = self._on_main(lambda: self._promising(tried, target, fastest, width))
             if not picks:
                 break
-            tried += self._run_candidates(picks, run_videos, prompts_num, description, needed=target)
-        meeting = sorted((r for r in tried if r["measured_speedup"] >= target), key=lambda r: (r["psnr"], r["ssim"]),
-                         reverse=True)
-        confirmed = []
-        for record in meeting[:CONFIRM_ATTEMPTS]:
-            record = self._confirm(record, run_videos)
+            tried += self._run_candidates(picks, run_videos, prompts_num, description)
+        confirmed: Dict[str, Dict[str, Any]] = {}
+        while len(confirmed) < CONFIRM_ATTEMPTS:
+            # what the confirmations so far showed of the predictions scales the rest
+            scale = min([1.0] + [r["confirmed_speedup"] / r["predicted_speedup"] for r in confirmed.values()])
+            meeting = [r for r in tried if r["key"] not in confirmed and self._estimate(r) * scale >= target]
+            if not meeting:
+                break
+            record = self._confirm(max(meeting, key=lambda r: (r["psnr"], r["ssim"])), run_videos)
             if speedup_of(record) >= target:
                 return record
-            confirmed.append(record)
-        best = max([r["measured_speedup"] for r in tried if r["measured_speedup"] < target]
-                   + [speedup_of(r) for r in confirmed])
+            confirmed[record["key"]] = record
+        found = [speedup_of(r) for r in confirmed.values()] or [self._estimate(r) for r in tried]
         raise ValueError(
-            f"cache_ratio={target:g} was not reached as measured: the best measured speedup was {best:.3f}x "
-            f"(predictions were off by timing noise or overheads); ask for at most {best:.2f}"
+            f"cache_ratio={target:g} was not reached as measured: the best measured speedup was {max(found):.3f}x "
+            f"(predictions were off by timing noise or overheads); ask for at most {max(found):.2f}"
         )
+
+    def _estimate(self, record: Dict[str, Any]) -> float:
+        """The speed the search's choices are made on, before a winner is confirmed.
+
+        With confirmation pairs, the prediction: it comes from block times measured within one run,
+        so it carries no run-to-run noise, where a screening run's timing is divided by an
+        uncached time taken minutes earlier (on a busy host the two drift by tens of percent).
+        Without them, the screening timing itself, the only measurement there is.
+        """
+        return record["predicted_speedup"] if self.config.confirm_pairs else record["measured_speedup"]
 
     def _confirm(self, record: Dict[str, Any], run_videos: RunVideos) -> Dict[str, Any]:
         """``record`` with its speedup measured again: the median ratio of interleaved uncached / cached pairs.
 
         A screening run is divided by an uncached time taken minutes earlier, so load or clock
         changes in between move it; a pair run back to back sees the same conditions. The
-        result is ``confirmed_speedup``; ``measured_speedup`` stays the screening figure the
-        search's other decisions were taken on, so a resumed search takes the same ones.
+        result is ``confirmed_speedup``, beside the screening run's ``measured_speedup``.
         """
         pairs = self.config.confirm_pairs
         if pairs == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
@@ -364,9 +361,9 @@ class CacheSearch:
         Predicted PSNR comes from :class:`QualityModel` fitted on the runs; the predicted speed
         is corrected by how far short of their predictions the runs measured.
         """
-        meeting = [r["psnr"] for r in tried if r["measured_speedup"] >= target]
+        meeting = [r["psnr"] for r in tried if self._estimate(r) >= target]
         bar = max(meeting) + REFINE_GAIN_DB if meeting else -np.inf
-        shortfall = min(1.0, float(np.median([r["measured_speedup"] / r["predicted_speedup"] for r in tried])))
+        shortfall = min(1.0, float(np.median([self._estimate(r) / r["predicted_speedup"] for r in tried])))
         aim = min(target * (1 + self.config.speed_margin) / shortfall, fastest)
         model = QualityModel(tried)
         picks = best_for_target(self.candidates, aim, count, model, exclude={r["key"] for r in tried})
@@ -383,7 +380,7 @@ class CacheSearch:
         return fastest.predicted_speedup
 
     def _for_quality(self, run_videos: RunVideos, prompts_num: int) -> Dict[str, Any]:
-        """Search the predicted Pareto front for the fastest config above the floor.
+        """Search the predicted Pareto front for the fastest config above the floor (by :meth:`_estimate`).
 
         Each round probes as many evenly spaced speeds of the open range as there are ranks
         (bisection on one process), keeping the floor's side of each. A probe at a speed runs the
@@ -408,7 +405,7 @@ class CacheSearch:
             passing = [i for i, probe in zip(indices, probes) if any(records[c.key()]["psnr"] >= floor for c in probe)]
             failing = [i for i in indices if i not in passing]
             for record in records.values():
-                if record["psnr"] >= floor and (best is None or record["measured_speedup"] > best["measured_speedup"]):
+                if record["psnr"] >= floor and (best is None or self._estimate(record) > self._estimate(best)):
                     best = record
             if passing:
                 low = max(low, max(passing) + 1)
@@ -422,7 +419,7 @@ class CacheSearch:
                 f"least aggressive config tried ({top['key']}, {top['measured_speedup']:.3f}x) gave "
                 f"{top['psnr']:.2f} dB; ask for at most {np.floor(top['psnr'] * 10) / 10:.1f}"
             )
-        return best
+        return self._confirm(best, run_videos)  # the speed it is reported with
 
     def _probes(self, front: List[Candidate], indices: List[int], seen: List[Dict[str, Any]]) -> List[List[Candidate]]:
         """Rank 0: for each probed speed, the best configs reaching it, re-ranked by the runs seen so far."""
