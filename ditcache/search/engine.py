@@ -38,7 +38,7 @@ NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the sam
 QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
 REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
-CONFIRM_ATTEMPTS = 3  # configs meeting a target whose speed is confirmed, best quality first, before giving up
+CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measured by pairs before giving up
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -265,8 +265,7 @@ class CacheSearch:
         key = candidate.key()
         self.adaptor.set_cache_config(candidate.config)
         videos, seconds = self._timed(run_videos)
-        runs = 1
-        self.full_runs += runs
+        self.full_runs += 1
         if self.calibration is None:  # a sequence-parallel helper rank: rank 0 scores the run
             return None
         videos = check_videos(videos, self.calibration.videos, prompts_num)
@@ -276,7 +275,7 @@ class CacheSearch:
             "predicted_speedup": candidate.predicted_speedup,
             "proxy": candidate.proxy,
             "seconds": seconds,
-            "runs": runs,
+            "runs": 1,
             "measured_speedup": self.calibration.full_seconds / seconds,
             **compare_videos(videos, self.calibration.videos),
         }
@@ -364,8 +363,9 @@ class CacheSearch:
     def _promising(self, tried: List[Dict[str, Any]], target: float, fastest: float, count: int) -> List[Candidate]:
         """Configs not yet run that the runs so far predict to beat the best one meeting the target.
 
-        Predicted PSNR comes from :class:`QualityModel` fitted on the runs; the predicted speed
-        is corrected by how far short of their predictions the runs measured.
+        Predicted PSNR comes from :class:`QualityModel` fitted on the runs. Without confirmation
+        pairs the predicted speed is corrected by how far short of their predictions the
+        screening runs measured (with them, choices are on predictions; see :meth:`_estimate`).
         """
         meeting = [r["psnr"] for r in tried if self._estimate(r) >= target]
         bar = max(meeting) + REFINE_GAIN_DB if meeting else -np.inf
