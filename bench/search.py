@@ -15,7 +15,8 @@ run on that same setting to give its gap to the best PSNR at its measured speedu
 The runs part counts both strategies' full runs at 1.3x where the reference's cost was stated (32 blocks,
 100 steps), on an untrained 32-block model of the same architecture: only its counts mean anything.
 
-Every run is cached under --cache, so an interrupted benchmark resumes.
+Every run is cached under --cache, so an interrupted benchmark resumes; the searches resume from their
+journals there too, so delete its journal-* folders after changing the search.
 
     python bench/search.py                       # everything (long on 2 CPU cores)
     python bench/search.py --parts ours,reference
