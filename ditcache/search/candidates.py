@@ -64,7 +64,7 @@ def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
 
 
 class _RegionErrors:
-    """Squared errors of reusing a region's residual, relative to the final hidden state, per step.
+    """Squared errors of reusing a region's residual, relative to the region's own output, per step.
 
     ``constant[t, k]``: reusing the residual of step ``t - k`` at step ``t``, relative to ``scale[t]``.
     ``taylor[iv][t, k]``: reusing it extrapolated from steps ``t - k - iv`` and ``t - k``.
@@ -109,13 +109,13 @@ def enumerate_candidates(cal: Calibration, max_interval: int,
     """Every (region, step start, interval, reuse mode) with its predicted speedup and proxy error."""
     steps = cal.num_steps
     blocks = cal.block_in.shape[2]
+    outputs = [cal.block_out[:, :, e, :].double() for e in range(blocks)]
+    scales = [(output * output).sum(dim=(0, 2)).clamp_min(1e-30) for output in outputs]  # (steps,) each
     candidates = []
     for s in range(blocks):
         start_state = cal.block_in[:, :, s, :].double()
         for e in range(s, blocks):
-            output = cal.block_out[:, :, e, :].double()
-            scale = (output * output).sum(dim=(0, 2)).clamp_min(1e-30)  # (steps,)
-            errors = _RegionErrors(output - start_state, scale, max_interval, "taylor1" in reuse_modes)
+            errors = _RegionErrors(outputs[e] - start_state, scales[e], max_interval, "taylor1" in reuse_modes)
             for reuse in reuse_modes:
                 for interval in range(2, max_interval + 1):
                     for start in range(0, steps - 1):
