@@ -81,7 +81,7 @@ class SearchReport:
         return written
 
     def plot(self, path: str) -> bool:
-        """PSNR against measured speedup of every candidate run; False when matplotlib is missing."""
+        """PSNR against measured speedup (confirmed where it was) of every candidate run; False without matplotlib."""
         try:
             import matplotlib
 
@@ -92,7 +92,7 @@ class SearchReport:
             return False
         figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
         finite = [r for r in self.runs if math.isfinite(r["psnr"])]
-        axis.scatter([r["measured_speedup"] for r in finite], [r["psnr"] for r in finite], label="candidates")
+        axis.scatter([speedup_of(r) for r in finite], [r["psnr"] for r in finite], label="candidates")
         if math.isfinite(self.chosen["psnr"]):
             axis.scatter([speedup_of(self.chosen)], [self.chosen["psnr"]], color="red", marker="*", s=160,
                          label="chosen")
