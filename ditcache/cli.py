@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional
 
+from .config import DitCacheSearchConfig
+
 # Pipeline argument names -> the flags that set them, so errors name what the user typed.
 _FLAG_FOR_ARGUMENT: Dict[str, str] = {
     "num_frames": "--frames",
@@ -140,7 +142,7 @@ def _run_search(args: argparse.Namespace) -> None:
     import logging
     import os
 
-    from . import DitCacheAdaptor, DitCacheSearchConfig
+    from . import DitCacheAdaptor
     from .models.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_bundled_pipeline
 
     if args.cache_ratio is not None and args.min_psnr is not None:
@@ -192,8 +194,8 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-interval", type=int, default=4, help="largest reuse interval tried")
     p.add_argument("--reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"],
                    help="reuse modes tried")
-    p.add_argument("--confirm-pairs", type=int, default=2,
-                   help="interleaved uncached/cached run pairs confirming the winner's speedup (0: none)")
+    p.add_argument("--confirm-pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
+                   help="most interleaved uncached/cached run pairs confirming the winner's speedup (0: none)")
     _add_model_flags(p)
     p.set_defaults(handler=_run_search)
 

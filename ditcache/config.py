@@ -146,8 +146,9 @@ class DitCacheSearchConfig:
     it); ``reuse_modes`` are the reuse modes searched (the spec's ``"delta"``
     and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
-    candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is how many interleaved
-    uncached / cached run pairs measure the winner's speedup (median ratio); until then choices are made
+    candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is the most interleaved
+    uncached / cached run pairs that measure the winner's speedup (fastest uncached over fastest cached
+    time; fewer once the answer is clear); until then choices are made
     on predicted speedups, which carry no run-to-run noise (0: on each candidate's single screening timing
     instead, with no pairs); ``journal_dir``
     makes the search resumable.
@@ -161,7 +162,7 @@ class DitCacheSearchConfig:
     min_psnr: Optional[float] = None
     candidates_to_run: int = 3
     speed_margin: float = 0.02
-    confirm_pairs: int = 2
+    confirm_pairs: int = 3
     journal_dir: Optional[str] = None
     reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
 

@@ -5,6 +5,7 @@ import argparse
 import os
 from typing import List, Optional
 
+from ditcache.config import DitCacheSearchConfig
 from ditcache.distributed import DEVICES
 
 # Open-Sora-Plan's --sample_method names, and the bundled pipeline's scheduler for each.
@@ -71,10 +72,10 @@ def search_parser() -> argparse.ArgumentParser:
     search.add_argument("--cache_ratio", type=float, default=None, help="dit_cache: speedup target (default 1.3)")
     search.add_argument("--min_psnr", type=float, default=None, help="dit_cache: quality floor in dB instead")
     search.add_argument("--cache_step_interval", type=int, default=4, help="dit_cache: largest interval tried")
-    search.add_argument("--candidates_to_run", type=int, default=3,
+    search.add_argument("--candidates_to_run", type=int, default=DitCacheSearchConfig.candidates_to_run,
                         help="dit_cache: best-ranked configs run for real for a speedup target")
-    search.add_argument("--confirm_pairs", type=int, default=2,
-                        help="dit_cache: interleaved uncached/cached run pairs confirming the winner's speedup")
+    search.add_argument("--confirm_pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
+                        help="dit_cache: most interleaved uncached/cached run pairs confirming the winner's speedup")
     search.add_argument("--cache_save_path", default="./dit_cache_config.json")
     search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")

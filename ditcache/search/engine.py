@@ -39,6 +39,7 @@ QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor searc
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
 REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
 CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measured by pairs before giving up
+CONFIRM_CLEAR = 0.10  # how far a confirmed speedup must be from the target to stop measuring early
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -312,7 +313,7 @@ class CacheSearch:
                                                               exclude={r["key"] for r in tried}))
                 tried += self._run_candidates(picks, run_videos, prompts_num, description)
                 continue
-            record = self._confirm(max(meeting, key=lambda r: (r["psnr"], r["ssim"])), run_videos)
+            record = self._confirm(max(meeting, key=lambda r: (r["psnr"], r["ssim"])), run_videos, target)
             if speedup_of(record) >= target:
                 return record
             confirmed[record["key"]] = record
@@ -332,32 +333,49 @@ class CacheSearch:
         """
         return record["predicted_speedup"] if self.config.confirm_pairs else record["measured_speedup"]
 
-    def _confirm(self, record: Dict[str, Any], run_videos: RunVideos) -> Dict[str, Any]:
-        """``record`` with its speedup measured again: the median ratio of interleaved uncached / cached pairs.
+    def _confirm(self, record: Dict[str, Any], run_videos: RunVideos,
+                 target: Optional[float] = None) -> Dict[str, Any]:
+        """``record`` with its speedup measured again by interleaved uncached / cached run pairs.
 
         A screening run is divided by an uncached time taken minutes earlier, so load or clock
-        changes in between move it; a pair run back to back sees the same conditions. The
-        result is ``confirmed_speedup``, beside the screening run's ``measured_speedup``.
+        changes in between move it; a pair run back to back sees the same conditions. The figure
+        is the fastest uncached time over the fastest cached one: interference on a shared host
+        only ever adds time, so the fastest run of each kind is the least disturbed (a median of
+        per-pair ratios let one slowed run swing it by 30% here). It is stored as
+        ``confirmed_speedup``, beside the screening run's ``measured_speedup``.
+
+        Up to ``confirm_pairs`` pairs are run, fewer once more could not change the answer: for a
+        ``target``, when the figure clears it by ``CONFIRM_CLEAR`` (after one pair) or falls that
+        far short (after two); without one, when two pairs agree within ``CONFIRM_CLEAR``.
         """
-        pairs = self.config.confirm_pairs
-        if pairs == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
+        most = self.config.confirm_pairs
+        if most == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
             return record
-        ratios: List[float] = []
+        plain: List[float] = []
+        cached: List[float] = []
         if self.context.is_main or self.sequence_parallel:  # spread ranks idle: rank 0 holds the whole model
             config = DitCacheConfig.from_dict(record["config"])
-            for _ in tqdm(range(pairs), desc=f"confirm {record['key']}", disable=not self._show, leave=False):
-                self.adaptor.disable()
-                plain = self._timed(run_videos)[1]
-                self.adaptor.set_cache_config(config)
-                ratios.append(plain / self._timed(run_videos)[1])
-            self.full_runs += 2 * pairs
+            with tqdm(total=most, desc=f"confirm {record['key']}", disable=not self._show, leave=False) as bar:
+                while True:
+                    self.adaptor.disable()
+                    plain.append(self._timed(run_videos)[1])
+                    self.adaptor.set_cache_config(config)
+                    cached.append(self._timed(run_videos)[1])
+                    self.full_runs += 2
+                    bar.update()
+                    settled = len(plain) == most or _settled(plain, cached, target)
+                    if self.sequence_parallel:  # every rank takes part in every pair: rank 0's timings decide
+                        settled = broadcast_object(settled)
+                    if settled:
+                        break
         confirmed = None
         if self.context.is_main:
-            confirmed = {**record, "confirmed_speedup": float(np.median(ratios)), "confirm_ratios": ratios,
-                         "runs": record.get("runs", 1) + 2 * pairs}
+            confirmed = {**record, "confirmed_speedup": min(plain) / min(cached),
+                         "confirm_ratios": [p / c for p, c in zip(plain, cached)],
+                         "runs": record.get("runs", 1) + 2 * len(plain)}
             self.journal.add_run(confirmed)
-            logger.info("candidate %s: measured %.3fx, confirmed %.3fx (median of %d interleaved pairs)",
-                        record["key"], record["measured_speedup"], confirmed["confirmed_speedup"], pairs)
+            logger.info("candidate %s: measured %.3fx, confirmed %.3fx (fastest of %d interleaved pairs)",
+                        record["key"], record["measured_speedup"], confirmed["confirmed_speedup"], len(plain))
         return broadcast_object(confirmed)
 
     def _promising(self, tried: List[Dict[str, Any]], target: float, fastest: float, count: int) -> List[Candidate]:
@@ -450,3 +468,12 @@ def _thin(front: List[Candidate], step: float) -> List[Candidate]:
             continue
         kept.append(candidate)
     return kept
+
+
+def _settled(plain: List[float], cached: List[float], target: Optional[float]) -> bool:
+    """Whether further confirmation pairs could not change the answer (see ``CacheSearch._confirm``)."""
+    speedup = min(plain) / min(cached)
+    if target is None:
+        ratios = [p / c for p, c in zip(plain, cached)]
+        return len(ratios) >= 2 and max(ratios) <= min(ratios) * (1 + CONFIRM_CLEAR)
+    return speedup >= target * (1 + CONFIRM_CLEAR) or len(plain) >= 2 and speedup < target * (1 - CONFIRM_CLEAR)
