@@ -218,14 +218,14 @@ def test_bad_search_arguments():
         adaptor.search(Calls(), prompts_num=2)
 
 
-def test_confirmation_stops_once_more_pairs_could_not_change_the_answer():
+def test_confirmation_stops_once_the_answer_is_clear():
     from ditcache.search.engine import _settled
 
     # the figure is the fastest uncached over the fastest cached time
     assert _settled([1.2], [0.8], 1.3)  # 1.5x after one pair: clear of 1.3x by more than 10%
     assert not _settled([1.0], [0.8], 1.3)  # 1.25x after one pair: measure again
-    assert not _settled([1.0], [0.9], 1.3)  # short after one pair is not enough to give up
-    assert _settled([1.0, 1.1], [0.9, 0.95], 1.3)  # 1.11x after two: more than 10% short
+    assert _settled([1.0], [0.9], 1.3)  # 1.11x: more than 10% short
+    assert not _settled([1.0, 1.1], [0.8, 0.85], 1.3)  # 1.25x after two pairs: a third one
     assert not _settled([1.0, 1.6], [0.8, 0.8], 1.3)  # a slowed uncached run does not count: 1.25x, not 2x
     # without a target (a quality floor's winner): once two pairs agree within 10%
     assert not _settled([1.0], [0.8], None)

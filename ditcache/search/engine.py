@@ -344,9 +344,9 @@ class CacheSearch:
         per-pair ratios let one slowed run swing it by 30% here). It is stored as
         ``confirmed_speedup``, beside the screening run's ``measured_speedup``.
 
-        Up to ``confirm_pairs`` pairs are run, fewer once more could not change the answer: for a
-        ``target``, when the figure clears it by ``CONFIRM_CLEAR`` (after one pair) or falls that
-        far short (after two); without one, when two pairs agree within ``CONFIRM_CLEAR``.
+        Up to ``confirm_pairs`` pairs are run, fewer once the answer is clear: for a ``target``, when
+        the figure is ``CONFIRM_CLEAR`` above or below it; without one, when two pairs agree within
+        ``CONFIRM_CLEAR``.
         """
         most = self.config.confirm_pairs
         if most == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
@@ -471,9 +471,9 @@ def _thin(front: List[Candidate], step: float) -> List[Candidate]:
 
 
 def _settled(plain: List[float], cached: List[float], target: Optional[float]) -> bool:
-    """Whether further confirmation pairs could not change the answer (see ``CacheSearch._confirm``)."""
+    """Whether the confirmation pairs so far give a clear answer (see ``CacheSearch._confirm``)."""
     speedup = min(plain) / min(cached)
     if target is None:
         ratios = [p / c for p, c in zip(plain, cached)]
         return len(ratios) >= 2 and max(ratios) <= min(ratios) * (1 + CONFIRM_CLEAR)
-    return speedup >= target * (1 + CONFIRM_CLEAR) or len(plain) >= 2 and speedup < target * (1 - CONFIRM_CLEAR)
+    return not target * (1 - CONFIRM_CLEAR) < speedup < target * (1 + CONFIRM_CLEAR)
