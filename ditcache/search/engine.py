@@ -39,7 +39,7 @@ QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor searc
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
 REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
 CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measured by pairs before giving up
-CONFIRM_CLEAR = 0.10  # how far a confirmed speedup must be from the target to stop measuring early
+CONFIRM_CLEAR = 0.10  # a confirmed speedup this far from its target needs no third pair
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -335,47 +335,41 @@ class CacheSearch:
 
     def _confirm(self, record: Dict[str, Any], run_videos: RunVideos,
                  target: Optional[float] = None) -> Dict[str, Any]:
-        """``record`` with its speedup measured again by interleaved uncached / cached run pairs.
+        """``record`` with its speedup measured again: the median ratio of interleaved uncached / cached pairs.
 
         A screening run is divided by an uncached time taken minutes earlier, so load or clock
-        changes in between move it; a pair run back to back sees the same conditions. The figure
-        is the fastest uncached time over the fastest cached one: interference on a shared host
-        only ever adds time, so the fastest run of each kind is the least disturbed (a median of
-        per-pair ratios let one slowed run swing it by 30% here). It is stored as
-        ``confirmed_speedup``, beside the screening run's ``measured_speedup``.
-
-        Up to ``confirm_pairs`` pairs are run, fewer once the answer is clear: for a ``target``, when
-        the figure is ``CONFIRM_CLEAR`` above or below it; without one, when two pairs agree within
-        ``CONFIRM_CLEAR``.
+        changes in between move it; a pair run back to back sees the same conditions. The result
+        is ``confirmed_speedup``, beside the screening run's ``measured_speedup``. Two pairs are
+        run, and more (up to ``confirm_pairs``) only while the answer is unclear: while their
+        median is within ``CONFIRM_CLEAR`` of the ``target`` or, for a quality floor's winner (no
+        target), while the pairs disagree by more than that.
         """
         most = self.config.confirm_pairs
         if most == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
             return record
-        plain: List[float] = []
-        cached: List[float] = []
+        ratios: List[float] = []
         if self.context.is_main or self.sequence_parallel:  # spread ranks idle: rank 0 holds the whole model
             config = DitCacheConfig.from_dict(record["config"])
             with tqdm(total=most, desc=f"confirm {record['key']}", disable=not self._show, leave=False) as bar:
                 while True:
                     self.adaptor.disable()
-                    plain.append(self._timed(run_videos)[1])
+                    plain = self._timed(run_videos)[1]
                     self.adaptor.set_cache_config(config)
-                    cached.append(self._timed(run_videos)[1])
+                    ratios.append(plain / self._timed(run_videos)[1])
                     self.full_runs += 2
                     bar.update()
-                    settled = len(plain) == most or _settled(plain, cached, target)
+                    settled = len(ratios) == most or _settled(ratios, target)
                     if self.sequence_parallel:  # every rank takes part in every pair: rank 0's timings decide
                         settled = broadcast_object(settled)
                     if settled:
                         break
         confirmed = None
         if self.context.is_main:
-            confirmed = {**record, "confirmed_speedup": min(plain) / min(cached),
-                         "confirm_ratios": [p / c for p, c in zip(plain, cached)],
-                         "runs": record.get("runs", 1) + 2 * len(plain)}
+            confirmed = {**record, "confirmed_speedup": float(np.median(ratios)), "confirm_ratios": ratios,
+                         "runs": record.get("runs", 1) + 2 * len(ratios)}
             self.journal.add_run(confirmed)
-            logger.info("candidate %s: measured %.3fx, confirmed %.3fx (fastest of %d interleaved pairs)",
-                        record["key"], record["measured_speedup"], confirmed["confirmed_speedup"], len(plain))
+            logger.info("candidate %s: measured %.3fx, confirmed %.3fx (median of %d interleaved pairs)",
+                        record["key"], record["measured_speedup"], confirmed["confirmed_speedup"], len(ratios))
         return broadcast_object(confirmed)
 
     def _promising(self, tried: List[Dict[str, Any]], target: float, fastest: float, count: int) -> List[Candidate]:
@@ -470,10 +464,10 @@ def _thin(front: List[Candidate], step: float) -> List[Candidate]:
     return kept
 
 
-def _settled(plain: List[float], cached: List[float], target: Optional[float]) -> bool:
-    """Whether the confirmation pairs so far give a clear answer (see ``CacheSearch._confirm``)."""
-    speedup = min(plain) / min(cached)
+def _settled(ratios: List[float], target: Optional[float]) -> bool:
+    """Whether the confirmation pairs' ratios so far give a clear answer (see ``CacheSearch._confirm``)."""
+    if len(ratios) < 2:
+        return False
     if target is None:
-        ratios = [p / c for p, c in zip(plain, cached)]
-        return len(ratios) >= 2 and max(ratios) <= min(ratios) * (1 + CONFIRM_CLEAR)
-    return not target * (1 - CONFIRM_CLEAR) < speedup < target * (1 + CONFIRM_CLEAR)
+        return max(ratios) <= min(ratios) * (1 + CONFIRM_CLEAR)
+    return not target * (1 - CONFIRM_CLEAR) < float(np.median(ratios)) < target * (1 + CONFIRM_CLEAR)
