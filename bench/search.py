@@ -12,6 +12,10 @@ lowest MSE measured on re-encoded mp4 files; the interval stays 2.
 The frontier sweeps every (region, step start on a grid, interval) on a shortened setting, and ours is
 run on that same setting to give its gap to the best PSNR at its measured speedup.
 
+The landscape part runs every step start for two regions and three intervals at the default setting:
+how irregular quality is between neighbouring configs bounds how close any search that runs a few of
+them can come to the frontier.
+
 The runs part counts both strategies' full runs at 1.3x where the reference's cost was stated (32 blocks,
 100 steps), on an untrained 32-block model of the same architecture: only its counts mean anything.
 
@@ -23,6 +27,7 @@ journals there too, so delete its journal-* folders after changing the search.
     python bench/search.py --parts runs          # full runs of both strategies, 32 blocks, 100 steps
     python bench/search.py --parts reuse --out bench/results/reuse.json   # constant vs extrapolated (taylor1)
     python bench/search.py --parts reuse --scheduler euler --out bench/results/reuse-euler.json
+    python bench/search.py --parts landscape     # PSNR over every step start, a few regions and intervals
 """
 from __future__ import annotations
 
@@ -232,23 +237,64 @@ def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -
         for target in targets:
             row = ours(setting, target, None, os.path.join(setting.cache, f"journal-{mode}-x{target:g}"), (mode,))
             rows.append({"reuse": mode, **row})
+    series = {f"reuse={mode}": sorted((r["measured"], r["psnr"]) for r in rows if r["reuse"] == mode and "psnr" in r)
+              for mode in ("delta", "taylor1")}
+    line_plot(plot_path, series, "measured speedup (x)",
+              f"bundled model, {setting.scheduler}, {setting.steps} steps: searched configs")
+    return rows
+
+
+def landscape(setting: Setting, regions: Sequence[Sequence[int]], intervals: Sequence[int], plot_path: str) -> List[Dict]:
+    """PSNR of every step start, for a few regions and intervals: how irregular the quality is in the start.
+
+    A search that runs a few configs can only be near the best of thousands if quality varies
+    smoothly enough between configs for a ranking to follow it; this shows whether it does.
+    """
+    rows = []
+    for first, count in regions:
+        for interval in intervals:
+            for start in range(setting.steps - 1):
+                config = DitCacheConfig(start, interval, first, count)
+                videos, _ = setting.videos(config)
+                rows.append({"region": f"s{first}-n{count}", "interval": interval, "start": start,
+                             "psnr": compare_videos(videos, setting.reference)["psnr"]})
+    series = {f"{region}, interval {interval}": [(r["start"], r["psnr"]) for r in rows
+                                                 if r["region"] == region and r["interval"] == interval]
+              for region in dict.fromkeys(r["region"] for r in rows) for interval in intervals}
+    line_plot(plot_path, series, "cache_step_start",
+              f"bundled model, {setting.scheduler}, {setting.steps} steps, {len(setting.prompts)} prompts")
+    return rows
+
+
+def landscape_summary(rows: List[Dict]) -> List[Dict]:
+    """Per region and interval: the PSNR range over step starts and the largest change between neighbours."""
+    summary = []
+    for key in dict.fromkeys((r["region"], r["interval"]) for r in rows):
+        psnr = [r["psnr"] for r in rows if (r["region"], r["interval"]) == key]
+        jumps = [abs(b - a) for a, b in zip(psnr, psnr[1:])]
+        summary.append({"region": key[0], "interval": key[1], "min_psnr": min(psnr), "max_psnr": max(psnr),
+                        "largest_neighbour_change_db": max(jumps), "median_neighbour_change_db": statistics.median(jumps)})
+    return summary
+
+
+def line_plot(path: str, series: Dict[str, List], xlabel: str, title: str) -> None:
+    """One line of (x, PSNR) points per series, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
-    for mode, marker in (("delta", "o"), ("taylor1", "s")):
-        points = sorted((r["measured"], r["psnr"]) for r in rows if r["reuse"] == mode and "psnr" in r)
-        axis.plot(*zip(*points), marker=marker, label=f"reuse={mode}")
-    axis.set_xlabel("measured speedup (x)")
+    for label, points in series.items():
+        axis.plot(*zip(*points), marker="o", markersize=3, label=label)
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("PSNR vs uncached (dB)")
-    axis.set_title(f"bundled model, {setting.scheduler}, {setting.steps} steps: searched configs")
+    axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(plot_path)
-    return rows
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def table(rows: List[Dict], columns: Sequence[str]) -> str:
@@ -264,7 +310,7 @@ def table(rows: List[Dict], columns: Sequence[str]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ours,reference,runs,reuse,frontier")
+    parser.add_argument("--parts", default="ours,reference,runs,reuse,landscape,frontier")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS))
     parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
@@ -291,7 +337,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    if parts & {"ours", "reference", "reuse"}:
+    if parts & {"ours", "reference", "reuse", "landscape"}:
         setting = Setting(args.steps, PROMPTS, args.cache, args.scheduler)
         print(f"bundled model, {setting.blocks} blocks, {args.scheduler}, {args.steps} steps, {len(PROMPTS)} prompts; "
               f"uncached run {setting.uncached_seconds:.2f} s")
@@ -311,6 +357,14 @@ def main(argv=None) -> None:
         print(f"\n## constant vs extrapolated reuse (plot: {plot})\n" + table(
             results["reuse"], ["reuse", "goal", "config", "runs", "predicted", "measured", "psnr", "ssim", "fidelity",
                                "note"]))
+    if "landscape" in parts:
+        plot = os.path.splitext(args.out)[0] + ".png"
+        rows = landscape(setting, [(0, setting.blocks), (2, 7)], [2, 3, 4], plot)
+        results["landscape"] = rows
+        results["landscape_summary"] = landscape_summary(rows)
+        print(f"\n## PSNR over every step start (plot: {plot})\n" + table(
+            results["landscape_summary"], ["region", "interval", "min_psnr", "max_psnr",
+                                           "largest_neighbour_change_db", "median_neighbour_change_db"]))
     if "runs" in parts:
         deep = Setting(args.runs_steps, PROMPTS[:1], args.cache, args.scheduler, untrained_blocks=args.runs_blocks)
         print(f"untrained {deep.blocks}-block model, {args.runs_steps} steps, 1 prompt; "
