@@ -147,8 +147,8 @@ class DitCacheSearchConfig:
     and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
     candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is the most interleaved
-    uncached / cached run pairs that measure the winner's speedup (median ratio; the third only when
-    two leave the answer unclear); until then choices are made
+    uncached / cached run pairs that measure the winner's speedup (median ratio; more than two only
+    while they fall on both sides of the target); until then choices are made
     on predicted speedups, which carry no run-to-run noise (0: on each candidate's single screening timing
     instead, with no pairs); ``journal_dir``
     makes the search resumable.

@@ -39,7 +39,6 @@ QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor searc
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
 REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
 CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measured by pairs before giving up
-CONFIRM_CLEAR = 0.10  # a confirmed speedup this far from its target needs no third pair
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
@@ -340,9 +339,8 @@ class CacheSearch:
         A screening run is divided by an uncached time taken minutes earlier, so load or clock
         changes in between move it; a pair run back to back sees the same conditions. The result
         is ``confirmed_speedup``, beside the screening run's ``measured_speedup``. Two pairs are
-        run, and more (up to ``confirm_pairs``) only while the answer is unclear: while their
-        median is within ``CONFIRM_CLEAR`` of the ``target`` or, for a quality floor's winner (no
-        target), while the pairs disagree by more than that.
+        run, and more (up to ``confirm_pairs``) only while they fall on both sides of the ``target``
+        (a quality floor's winner has none: two pairs give the speed it is reported with).
         """
         most = self.config.confirm_pairs
         if most == 0 or "confirmed_speedup" in record:  # nothing asked, or confirmed before an interruption
@@ -465,9 +463,7 @@ def _thin(front: List[Candidate], step: float) -> List[Candidate]:
 
 
 def _settled(ratios: List[float], target: Optional[float]) -> bool:
-    """Whether the confirmation pairs' ratios so far give a clear answer (see ``CacheSearch._confirm``)."""
+    """Whether the confirmation pairs so far agree (see ``CacheSearch._confirm``)."""
     if len(ratios) < 2:
         return False
-    if target is None:
-        return max(ratios) <= min(ratios) * (1 + CONFIRM_CLEAR)
-    return not target * (1 - CONFIRM_CLEAR) < float(np.median(ratios)) < target * (1 + CONFIRM_CLEAR)
+    return target is None or all(r >= target for r in ratios) or all(r < target for r in ratios)
