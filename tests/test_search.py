@@ -86,15 +86,18 @@ def test_speedup_target_is_met_as_measured(tmp_path):
     assert config == report.config and config.num_sampling_steps == STEPS
     chosen = report.chosen
     assert chosen["predicted_speedup"] >= 1.4
-    # and its speed measured: the median of two or three interleaved uncached/cached pairs
-    assert 2 <= len(chosen["confirm_ratios"]) <= 3
+    # and its speed measured: the median of two interleaved uncached/cached pairs, or three if two disagreed
+    assert len(chosen["confirm_ratios"]) in (2, 3)
     assert chosen["confirmed_speedup"] == statistics.median(chosen["confirm_ratios"]) >= 1.4
     # calibration, 3 picks and up to 3 refining ones, up to 3 winners measured
     assert report.full_runs == calls.count <= 2 + 6 + 3 * 6 + 3  # and up to 3 configs aimed anew
     assert report.full_runs == 2 + sum(r["runs"] for r in report.runs)
-    # nothing better was left: every config run is either worse, predicted short, or measured short
+    # nothing better was left: every config run is either worse, measured short, or predicted short once
+    # the predictions are scaled by the shortfall measured on the configs confirmed before the winner
+    shortfall = min([1.0] + [r["confirmed_speedup"] / r["predicted_speedup"] for r in report.runs
+                             if "confirmed_speedup" in r and r["key"] != chosen["key"]])
     assert all(r["psnr"] <= chosen["psnr"] for r in report.runs
-               if r["predicted_speedup"] >= 1.4 and r.get("confirmed_speedup", 1.4) >= 1.4)
+               if r["predicted_speedup"] * shortfall >= 1.4 and r.get("confirmed_speedup", 1.4) >= 1.4)
     assert adaptor.cache_config is None  # the search leaves the adaptor as it found it
     again = Calls()  # resumed from the journal: nothing is run or confirmed again
     assert adaptor.search(again, prompts_num=2) == config and again.count == 0
