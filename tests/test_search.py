@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler
 
 from ditcache import DitCacheAdaptor, DitCacheSearchConfig, dit_cache
 from ditcache.metrics import compare_videos
+from ditcache.search.engine import _settled
 from toy import ToyPipeline
 
 STEPS = 16
@@ -223,10 +224,8 @@ def test_bad_search_arguments():
 
 
 def test_confirmation_takes_a_third_pair_only_when_two_disagree_on_the_target():
-    from ditcache.search.engine import _settled
-
     assert not _settled([2.0], 1.3)  # one pair is never enough
     assert _settled([1.31, 1.5], 1.3) and _settled([1.29, 1.1], 1.3)  # both above, both below
     assert not _settled([1.45, 1.2], 1.3)  # one each side: a third pair decides
-    assert _settled([1.45, 1.2, 1.32], 1.3) is False  # still both sides: more pairs, up to confirm_pairs
+    assert not _settled([1.45, 1.2, 1.32], 1.3)  # still both sides: more pairs, up to confirm_pairs
     assert _settled([1.25, 1.67], None)  # a quality floor's winner: two pairs
