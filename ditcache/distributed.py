@@ -142,6 +142,12 @@ def all_gather_objects(value: Any) -> List[Any]:
     return out
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in one process)."""
+    if current_context().enabled:
+        torch.distributed.barrier()
+
+
 def destroy() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -15,7 +15,7 @@ import time
 from typing import List, Optional
 
 from ditcache import dit_cache
-from ditcache.distributed import destroy, init_distributed
+from ditcache.distributed import barrier, destroy, init_distributed
 from ditcache.timing import synchronize
 
 from .args import parse
@@ -52,6 +52,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         context.world_size, ", ".join(paths))
             if speedup is not None:
                 logger.info("DiT cache speedup against the last uncached run of these settings: %.3fx", speedup)
+        barrier()  # no rank tears the process group down while rank 0 still writes
     finally:
         destroy()
 

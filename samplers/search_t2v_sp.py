@@ -13,10 +13,8 @@ import logging
 import os
 from typing import List, Optional
 
-import torch
-
 from ditcache import DitCacheAdaptor, DitCacheSearchConfig
-from ditcache.distributed import destroy, init_distributed
+from ditcache.distributed import barrier, destroy, init_distributed
 
 from .args import parse
 from .backends import make_backend
@@ -46,6 +44,7 @@ def search_dit_cache(args, context) -> None:
         print(report.summary())
         for path in report.save(args.cache_save_path):
             logger.info("wrote %s", path)
+    barrier()  # no rank tears the process group down while rank 0 still writes
 
 
 def search_restep(args, context) -> None:
@@ -59,8 +58,7 @@ def search_restep(args, context) -> None:
         backend = make_backend(args, context, split_tokens=False)
         schedule = ReStepAdaptor(backend.pipeline, config).search()
         logger.info("searched schedule (t/1000, ascending): %s", schedule)
-    if context.enabled:
-        torch.distributed.barrier()
+    barrier()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -58,7 +58,7 @@ def test_search_then_sample_with_two_processes(tmp_path):
 
 SP_SCRIPT = """
 import sys, numpy as np, torch
-from ditcache.distributed import init_distributed, destroy
+from ditcache.distributed import barrier, init_distributed, destroy
 from ditcache.models import load_bundled_pipeline
 from ditcache.models.parallel import SequenceParallel
 from ditcache import dit_cache
@@ -71,6 +71,7 @@ with (parallel or open(__file__)), dit_cache(pipe, config):
                   progress=False).images
 if context.is_main:
     np.save(sys.argv[1], videos)
+barrier()
 destroy()
 """
 
