@@ -289,7 +289,7 @@ class CacheSearch:
         """The best-ranked few configs predicted to reach the target, then a few rounds re-ranked by what they measured."""
         target = self.config.cache_ratio
         fastest = self._on_main(lambda: self._fastest_reaching(target))
-        aim = min(target * (1 + self.config.speed_margin), fastest)
+        aim = self._aim(target, fastest)
         description = f"search >= {target:g}x"
         picks = self._on_main(lambda: best_for_target(self.candidates, aim, self.config.candidates_to_run))
         tried = self._run_candidates(picks, run_videos, prompts_num, description)
@@ -307,7 +307,7 @@ class CacheSearch:
             scale = min([1.0] + [r["confirmed_speedup"] / r["predicted_speedup"] for r in confirmed.values()])
             meeting = [r for r in tried if r["key"] not in confirmed and self._estimate(r) * scale >= target]
             if not meeting:  # aim higher by the shortfall measured, and run the best configs there
-                aim = min(target * (1 + self.config.speed_margin) / scale, fastest)
+                aim = self._aim(target, fastest, scale)
                 picks = self._on_main(lambda: best_for_target(self.candidates, aim, width, QualityModel(tried),
                                                               exclude={r["key"] for r in tried}))
                 tried += self._run_candidates(picks, run_videos, prompts_num, description)
@@ -321,6 +321,11 @@ class CacheSearch:
             f"cache_ratio={target:g} was not reached as measured: the best measured speedup was {max(found):.3f}x "
             f"(predictions were off by timing noise or overheads); ask for at most {max(found):.2f}"
         )
+
+    def _aim(self, target: float, fastest: float, shortfall: float = 1.0) -> float:
+        """The predicted speedup picks must reach: the target with ``speed_margin`` over it, raised by a
+        measured ``shortfall`` (measured / predicted, at most 1), but no faster than the fastest config."""
+        return min(target * (1 + self.config.speed_margin) / shortfall, fastest)
 
     def _estimate(self, record: Dict[str, Any]) -> float:
         """The speed the search's choices are made on, before a winner is confirmed.
@@ -380,7 +385,7 @@ class CacheSearch:
         meeting = [r["psnr"] for r in tried if self._estimate(r) >= target]
         bar = max(meeting) + REFINE_GAIN_DB if meeting else -np.inf
         shortfall = min(1.0, float(np.median([self._estimate(r) / r["predicted_speedup"] for r in tried])))
-        aim = min(target * (1 + self.config.speed_margin) / shortfall, fastest)
+        aim = self._aim(target, fastest, shortfall)
         model = QualityModel(tried)
         picks = best_for_target(self.candidates, aim, count, model, exclude={r["key"] for r in tried})
         return [c for c in picks if model(c) > bar]
