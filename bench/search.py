@@ -49,7 +49,7 @@ from ditcache.config import REUSE_MODES
 from ditcache._atomic import atomic_write_text
 from ditcache.metrics import compare_videos, mse
 from ditcache.search.calibration import Calibration
-from ditcache.search.candidates import Candidate, enumerate_candidates
+from ditcache.search.candidates import config_key, enumerate_candidates
 from ditcache.models import ShapesT2V, load_bundled_pipeline
 from ditcache.models.fidelity import check_clip, hit_rates
 from ditcache.models.pipeline import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULERS, weights_fingerprint
@@ -227,7 +227,7 @@ def predict_rows(rows: List[Dict], journal: str) -> None:
     widest = max(row["config"]["cache_step_interval"] for row in rows)
     predicted = {c.key(): c.predicted_speedup for c in enumerate_candidates(calibration, widest, REUSE_MODES)}
     for row in rows:
-        row["predicted"] = predicted[Candidate(DitCacheConfig.from_dict(row["config"]), 0.0, 0.0).key()]
+        row["predicted"] = predicted[config_key(DitCacheConfig.from_dict(row["config"]))]
 
 
 def reuse_frontier(setting: Setting, targets: Sequence[float], plot_path: str) -> List[Dict]:

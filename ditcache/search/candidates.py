@@ -29,6 +29,12 @@ from ..config import DitCacheConfig
 from .calibration import Calibration
 
 
+def config_key(config: DitCacheConfig) -> str:
+    """A config's name in the search's journal and tables, e.g. ``s0-n12-t20-i2-delta``."""
+    return (f"s{config.cache_block_start}-n{config.cache_num_blocks}-t{config.cache_step_start}"
+            f"-i{config.cache_step_interval}-{config.reuse}")
+
+
 @dataclass(frozen=True)
 class Candidate:
     config: DitCacheConfig
@@ -36,9 +42,7 @@ class Candidate:
     proxy: float
 
     def key(self) -> str:
-        c = self.config
-        return (f"s{c.cache_block_start}-n{c.cache_num_blocks}-t{c.cache_step_start}-i{c.cache_step_interval}"
-                f"-{c.reuse}")
+        return config_key(self.config)
 
 
 def _step_counts(num_steps: int, start: int, interval: int) -> tuple:
