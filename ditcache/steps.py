@@ -24,6 +24,8 @@ import types
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
+from ._patch import InstancePatch
+
 T = TypeVar("T")
 
 
@@ -112,7 +114,6 @@ def set_step(index: int) -> None:
 # --- making schedulers and loops step-aware -------------------------------------------
 
 _WRAPPED = "__ditcache_timestep_aware__"
-_MISSING = object()
 
 
 def _count_timesteps(scheduler: Any) -> Optional[int]:
@@ -156,26 +157,17 @@ def is_timestep_aware(method: Any) -> bool:
 def track_scheduler(scheduler: Any) -> Callable[[], None]:
     """Make one scheduler instance step-aware; returns a function that undoes it exactly.
 
-    Instance attributes shadow the class methods; undoing deletes them (or puts
-    back what was there), so the scheduler is left as it was.
+    Instance attributes shadow the class methods (:mod:`ditcache._patch`), so
+    undoing leaves the scheduler as it was.
     """
-    saved = {}
+    patch = InstancePatch()
     for name, wrap in (("set_timesteps", _wrap_set_timesteps), ("step", _wrap_step)):
         current = getattr(scheduler, name, None)
         if current is None or is_timestep_aware(current):
             continue
-        saved[name] = scheduler.__dict__.get(name, _MISSING)
         wrapped = wrap(functools.wraps(current)(lambda _self, *args, _call=current, **kwargs: _call(*args, **kwargs)))
-        scheduler.__dict__[name] = types.MethodType(wrapped, scheduler)
-
-    def restore() -> None:
-        for name, previous in saved.items():
-            if previous is _MISSING:
-                scheduler.__dict__.pop(name, None)
-            else:
-                scheduler.__dict__[name] = previous
-
-    return restore
+        patch.set(scheduler, name, types.MethodType(wrapped, scheduler))
+    return patch.restore
 
 
 class _StepIterable:
