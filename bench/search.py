@@ -48,7 +48,7 @@ from ditcache import DitCacheAdaptor, DitCacheConfig, DitCacheSearchConfig, dit_
 from ditcache.config import REUSE_MODES
 from ditcache._atomic import atomic_write_text
 from ditcache.metrics import compare_videos, mse
-from ditcache.search.calibration import Calibration
+from ditcache.search.recording import Calibration
 from ditcache.search.candidates import config_key, enumerate_candidates
 from ditcache.models import ShapesT2V, load_bundled_pipeline
 from ditcache.models.fidelity import check_clip, hit_rates

@@ -11,9 +11,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ._atomic import atomic_write_text
+from .cache.reuse import REUSE_RULES
 
 PathLike = Union[str, "os.PathLike[str]"]
-REUSE_MODES = ("delta", "taylor1")
+REUSE_MODES = tuple(REUSE_RULES)
 
 
 def check_int(field: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:

@@ -123,11 +123,11 @@ def test_cached_tensors_are_freed_after_each_call_and_on_exit():
     pipe = make_pipeline()
     with dit_cache(pipe, CONFIGS[0]) as adaptor:
         pipe()
-        assert adaptor._state.deltas == {}
+        assert adaptor.cached_passes == 0
         with pytest.raises(KeyboardInterrupt):
             pipe(abort_at=5)
-        assert adaptor._state.deltas  # an aborted run keeps them until the next run or exit
-    assert adaptor._state.deltas == {}
+        assert adaptor.cached_passes  # an aborted run keeps them until the next run or exit
+    assert adaptor.cached_passes == 0
 
 
 def test_spec_adaptor_with_update_cache_config_and_remove():

@@ -112,7 +112,7 @@ def test_real_diffusers_blocks_cache_and_restore(pipe_cls, path):
         assert torch.equal(pipe(), reference)
     with dit_cache(pipe, MILD, dit_block_path=path) as adaptor:
         cached = pipe()
-        streams = adaptor._streams[MILD.cache_block_start]
+        streams = adaptor._region._streams[MILD.cache_block_start]
     assert torch.equal(pipe(), reference)
     assert torch.isfinite(cached).all()
     assert not torch.equal(cached, reference)

@@ -4,29 +4,21 @@ Predicted speedup: the calibration's measured time minus the time of the
 blocks a config skips, plus the cache's own arithmetic, both measured.
 
 Predicted error ("proxy"): the error a config injects at its region's output,
-summed over its reuse steps. On a reuse step ``t`` with store step ``t0`` the
-region returns ``in_s(t) + delta(t0)`` instead of ``in_s(t) + delta(t)``; the
-squared size of ``delta(t) - delta(t0)`` relative to the region's own output at
-``t`` is that step's contribution. (Measured against the model's final hidden
-state instead, regions ending in the last blocks look far worse than they are:
-on the bundled model at 20 steps that ranking put a 23.9 dB config first at
-1.5x where a 33.0 dB one existed; relative to the region's own output the
-rank correlation with measured PSNR over 1404 configs rose from 0.54 to 0.57
-and the top pick at 1.3x was the best one.) With ``reuse="taylor1"`` the region
-returns the residual extrapolated from the two store steps before ``t``, and
-the error is measured against that. It ranks configs; the best few are then
-run for real.
+summed over its reuse steps: the squared size of what the reuse rule guesses
+for the region's residual minus the residual itself, relative to the region's
+own output at that step (relative to the model's final state instead, regions
+ending in the last blocks look far worse than they are). Each rule's error
+model is in :mod:`ditcache.cache.reuse`. It ranks configs; the best few are
+then run for real.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
-
+from ..cache.reuse import ResidualHistory, arithmetic_seconds, reuse_rule
 from ..config import DitCacheConfig
-from .calibration import Calibration
+from .recording import Calibration
 
 
 def config_key(config: DitCacheConfig) -> str:
@@ -57,55 +49,12 @@ def predicted_seconds(cal: Calibration, config: DitCacheConfig) -> float:
     store, reuse = _step_counts(cal.num_steps, config.cache_step_start, config.cache_step_interval)
     region = cal.block_seconds[config.cache_block_start : config.cache_block_end + 1]
     skipped = sum(region) * reuse / cal.num_steps
-    costs = cal.op_seconds
-    arithmetic = cal.passes * (store * costs.get(f"{config.reuse}_store", 0.0)
-                               + reuse * costs.get(f"{config.reuse}_reuse", 0.0))
+    arithmetic = cal.passes * arithmetic_seconds(cal.op_seconds, config.reuse, store, reuse)
     return cal.full_seconds - skipped + arithmetic
 
 
 def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
     return cal.full_seconds / predicted_seconds(cal, config)
-
-
-class _RegionErrors:
-    """Squared errors of reusing a region's residual, relative to the region's own output, per step.
-
-    ``constant[t, k]``: reusing the residual of step ``t - k`` at step ``t``, relative to ``scale[t]``.
-    ``taylor[iv][t, k]``: reusing it extrapolated from steps ``t - k - iv`` and ``t - k``.
-    """
-
-    def __init__(self, delta: "torch.Tensor", scale: "torch.Tensor", max_interval: int, taylor: bool) -> None:
-        steps = delta.shape[1]
-        self.constant = np.full((steps, max_interval), np.nan)
-        for lag in range(1, min(max_interval, steps)):
-            diff = delta[:, lag:] - delta[:, :-lag]
-            self.constant[lag:, lag] = ((diff * diff).sum(dim=(0, 2)) / scale[lag:]).numpy()
-        self.taylor = {}
-        if not taylor:
-            return
-        for interval in range(2, max_interval + 1):
-            errors = np.full((steps, interval), np.nan)
-            for lag in range(1, interval):
-                back = lag + interval  # the older store step is t - lag - interval
-                if back >= steps:
-                    continue
-                recent, older = delta[:, interval : steps - lag], delta[:, : steps - back]
-                guess = recent + (recent - older) * (lag / interval)
-                diff = delta[:, back:] - guess
-                errors[back:, lag] = ((diff * diff).sum(dim=(0, 2)) / scale[back:]).numpy()
-            self.taylor[interval] = errors
-
-    def proxy(self, start: int, interval: int, reuse: str) -> float:
-        steps = self.constant.shape[0]
-        t = np.arange(start, steps)
-        phase = (t - start) % interval
-        reused = phase != 0
-        t, phase = t[reused], phase[reused]
-        errors = self.constant[t, phase]
-        if reuse == "taylor1":
-            extrapolated = t - phase - interval >= start  # two store steps exist before t
-            errors = np.where(extrapolated, self.taylor[interval][t, phase], errors)
-        return float(errors.sum())
 
 
 def enumerate_candidates(cal: Calibration, max_interval: int,
@@ -119,8 +68,9 @@ def enumerate_candidates(cal: Calibration, max_interval: int,
     for s in range(blocks):
         start_state = cal.block_in[:, :, s, :].double()
         for e in range(s, blocks):
-            errors = _RegionErrors(outputs[e] - start_state, scales[e], max_interval, "taylor1" in reuse_modes)
+            history = ResidualHistory(outputs[e] - start_state, scales[e], max_interval)
             for reuse in reuse_modes:
+                rule = reuse_rule(reuse)
                 for interval in range(2, max_interval + 1):
                     for start in range(0, steps - 1):
                         config = DitCacheConfig(
@@ -128,7 +78,7 @@ def enumerate_candidates(cal: Calibration, max_interval: int,
                             cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
                         )
                         candidates.append(
-                            Candidate(config, predicted_speedup(cal, config), errors.proxy(start, interval, reuse))
+                            Candidate(config, predicted_speedup(cal, config), rule.proxy(history, start, interval))
                         )
     return candidates
 

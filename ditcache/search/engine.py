@@ -2,7 +2,7 @@
 
 1. One uncached run of the user's callable gives the reference videos (kept in
    memory as decoded uint8 frames) and the measurements of
-   :mod:`ditcache.search.calibration`.
+   :mod:`ditcache.search.recording`.
 2. Every config (all four knobs) gets a predicted speedup and a predicted error
    (:mod:`ditcache.search.candidates`).
 3. For a speedup target, the few best-ranked configs predicted to reach it are
@@ -27,7 +27,7 @@ from ..config import DitCacheConfig, DitCacheSearchConfig
 from ..distributed import all_gather_objects, broadcast_object, current_context
 from ..metrics import check_video, compare_videos, mse, psnr_from_mse
 from ..timing import module_device, timed
-from .calibration import Calibration, CalibrationRecorder
+from .recording import Calibration, CalibrationRecorder
 from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
 from .journal import Journal
 from .ranking import QualityModel

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .._atomic import atomic_write
-from .calibration import Calibration
+from .recording import Calibration
 
 
 class Journal:

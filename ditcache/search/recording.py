@@ -5,7 +5,7 @@ rank candidates without running them:
 
 * the time of every block and of the rest of the run (wall clock, device
   synchronised), with the time spent recording statistics subtracted;
-* the time of the add / subtract the cache does per forward pass, measured on
+* the time of each reuse rule's own arithmetic per forward pass, measured on
   the real tensors;
 * at every step, a *sketch* of each block's input and output: a fixed random
   subset of token rows times a fixed random projection of the channels. A
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import steps
+from ..cache.reuse import time_rules
 from ..streams import BlockStreams, block_streams
 from ..timing import BlockTimer, module_device, synchronize
 
@@ -43,10 +44,6 @@ class Calibration:
     block_in: torch.Tensor  # (passes, steps, blocks, m): sketches of block inputs
     block_out: torch.Tensor  # (passes, steps, blocks, m): sketches of block outputs
     calls: int = field(default=1)  # full runs this cost
-
-    @property
-    def rest_seconds(self) -> float:
-        return self.full_seconds - sum(self.block_seconds)
 
     @classmethod
     def reference_only(cls, videos: List[np.ndarray], full_seconds: float, num_steps: int) -> "Calibration":
@@ -156,28 +153,7 @@ class CalibrationRecorder:
         sketch_out = torch.cat([self._sketch(outputs[name]) for name in streams.names])
         self._records.setdefault(self._current, {}).setdefault(step, {})[index] = (sketch_in, sketch_out)
         if self.op_seconds is None and index == len(self.blocks) - 1:
-            self.op_seconds = self._time_ops(inputs, outputs, streams.names)
-
-    def _time_ops(self, inputs: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor], names) -> Dict[str, float]:
-        """Median time of what the cache computes per pass, for each reuse mode, on the real tensors."""
-        pairs = [(outputs[name], inputs[name]) for name in names]
-        work = {
-            "delta_store": lambda: [out - inp for out, inp in pairs],
-            "delta_reuse": lambda: [inp + out for out, inp in pairs],
-            "taylor1_store": lambda: [((out - inp) - inp) / 3.0 for out, inp in pairs],
-            "taylor1_reuse": lambda: [torch.add(inp + out, inp, alpha=2.0) for out, inp in pairs],
-        }
-        costs = {}
-        for name, compute in work.items():
-            samples = []
-            for _ in range(5):
-                synchronize(self.device)
-                started = time.perf_counter()
-                compute()
-                synchronize(self.device)
-                samples.append(time.perf_counter() - started)
-            costs[name] = float(np.median(samples))
-        return costs
+            self.op_seconds = time_rules(inputs, outputs, self.device)
 
     def stream_names(self) -> Tuple[str, ...]:
         """The streams the first block carries (known once it has run)."""

@@ -1,0 +1,191 @@
+"""The reuse rules: what a store step keeps and what a reuse step returns, one class per mode.
+
+A rule works on per-stream tensors (by stream name). The adaptor applies it to
+the region's real tensors; the search times it on the calibration's tensors
+and scores configs with its error model on the calibration's sketches. A new
+mode is one class here, registered in :data:`REUSE_RULES`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..timing import timed
+
+Tensors = Dict[str, torch.Tensor]
+
+
+@dataclass
+class Stored:
+    """What a store step kept for one forward pass: the region's residual, and for taylor1 its slope."""
+
+    step: int
+    residual: Tensors
+    slope: Optional[Tensors] = None
+
+    def fits(self, inputs: Mapping[str, torch.Tensor]) -> bool:
+        """Whether ``inputs`` have the shapes the residual was stored for."""
+        return all(inputs[name].shape == self.residual[name].shape for name in self.residual)
+
+
+class ResidualHistory:
+    """A region's residual over the calibration's steps, with the squared errors of guessing it.
+
+    ``residual``: (passes, steps, m) sketches of ``out_e - in_s``; ``scale``: the
+    squared size of the region's own output per step, the errors' denominator.
+    Error tables are built on first use and shared by the rules.
+    """
+
+    def __init__(self, residual: torch.Tensor, scale: torch.Tensor, max_interval: int) -> None:
+        self.residual, self.scale, self.max_interval = residual, scale, max_interval
+        self.steps = residual.shape[1]
+        self._tables: Dict[Tuple[str, int], np.ndarray] = {}
+
+    def table(self, key: Tuple[str, int], build: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
+
+    def relative_error(self, guess: torch.Tensor, first: int) -> np.ndarray:
+        """Squared error of ``guess`` for the residual at steps ``first..``, relative to the scale."""
+        diff = self.residual[:, first:] - guess
+        return ((diff * diff).sum(dim=(0, 2)) / self.scale[first:]).numpy()
+
+    def reuse_steps(self, start: int, interval: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The reuse steps ``t`` of a schedule and their distance to the last store step."""
+        t = np.arange(start, self.steps)
+        phase = (t - start) % interval
+        reused = phase != 0
+        return t[reused], phase[reused]
+
+
+class ReuseRule:
+    """One reuse mode. ``inputs`` are the region's first block's inputs, ``outputs`` its last block's."""
+
+    name = ""
+
+    def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
+        raise NotImplementedError
+
+    def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
+        raise NotImplementedError
+
+    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
+        """Predicted error of a schedule: the guesses' squared errors summed over its reuse steps."""
+        raise NotImplementedError
+
+
+class Delta(ReuseRule):
+    """The spec's rule: a reuse step adds the residual of the last store step."""
+
+    name = "delta"
+
+    def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
+        return Stored(step, {name: outputs[name] - inputs[name] for name in outputs})
+
+    def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
+        return {name: inputs[name] + stored.residual[name] for name in stored.residual}
+
+    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
+        t, phase = history.reuse_steps(start, interval)
+        return float(self.lagged_errors(history)[t, phase].sum())
+
+    @staticmethod
+    def lagged_errors(history: ResidualHistory) -> np.ndarray:
+        """``[t, k]``: the error of using the residual of step ``t - k`` at step ``t``."""
+
+        def build() -> np.ndarray:
+            errors = np.full((history.steps, history.max_interval), np.nan)
+            for lag in range(1, min(history.max_interval, history.steps)):
+                errors[lag:, lag] = history.relative_error(history.residual[:, :-lag], lag)
+            return errors
+
+        return history.table(("lagged", 0), build)
+
+
+class Taylor1(Delta):
+    """First-order extrapolation of the residual from the last two store steps, by step distance.
+
+    Until two store steps exist (or when their shapes differ) it adds the
+    constant residual, as :class:`Delta` does.
+    """
+
+    name = "taylor1"
+
+    def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
+        stored = super().store(previous, step, inputs, outputs)
+        residual = stored.residual
+        if (
+            previous is not None and previous.step < step
+            and all(previous.residual[name].shape == residual[name].shape for name in residual)
+        ):
+            distance = step - previous.step
+            stored.slope = {name: (residual[name] - previous.residual[name]) / distance for name in residual}
+        return stored
+
+    def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
+        if stored.slope is None:
+            return super().predict(stored, step, inputs)
+        distance = step - stored.step
+        return {
+            name: torch.add(inputs[name] + stored.residual[name], stored.slope[name], alpha=distance)
+            for name in stored.residual
+        }
+
+    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
+        t, phase = history.reuse_steps(start, interval)
+        errors = self.lagged_errors(history)[t, phase]
+        extrapolated = t - phase - interval >= start  # two store steps exist before t
+        errors = np.where(extrapolated, self.extrapolated_errors(history, interval)[t, phase], errors)
+        return float(errors.sum())
+
+    @staticmethod
+    def extrapolated_errors(history: ResidualHistory, interval: int) -> np.ndarray:
+        """``[t, k]``: the error of extrapolating from steps ``t - k - interval`` and ``t - k``."""
+
+        def build() -> np.ndarray:
+            steps, residual = history.steps, history.residual
+            errors = np.full((steps, interval), np.nan)
+            for lag in range(1, interval):
+                back = lag + interval  # the older store step is t - lag - interval
+                if back >= steps:
+                    continue
+                recent, older = residual[:, interval : steps - lag], residual[:, : steps - back]
+                errors[back:, lag] = history.relative_error(recent + (recent - older) * (lag / interval), back)
+            return errors
+
+        return history.table(("extrapolated", interval), build)
+
+
+REUSE_RULES: Dict[str, ReuseRule] = {rule.name: rule for rule in (Delta(), Taylor1())}
+
+
+def reuse_rule(name: str) -> ReuseRule:
+    """The rule of reuse mode ``name``."""
+    if name not in REUSE_RULES:
+        raise ValueError(f"reuse must be one of {list(REUSE_RULES)}, got {name!r}")
+    return REUSE_RULES[name]
+
+
+def _cost_key(mode: str, op: str) -> str:
+    return f"{mode}_{op}"
+
+
+def time_rules(inputs: Tensors, outputs: Tensors, device: Optional[torch.device], repeats: int = 5) -> Dict[str, float]:
+    """Median seconds of each rule's store and predict on real tensors, by ``"<mode>_<store|reuse>"``."""
+    costs = {}
+    for name, rule in REUSE_RULES.items():
+        previous = rule.store(None, 0, inputs, outputs)
+        stored = rule.store(previous, 1, inputs, outputs)
+        work = {"store": lambda: rule.store(previous, 1, inputs, outputs), "reuse": lambda: rule.predict(stored, 2, inputs)}
+        for op, compute in work.items():
+            costs[_cost_key(name, op)] = float(np.median([timed(compute, device)[1] for _ in range(repeats)]))
+    return costs
+
+
+def arithmetic_seconds(costs: Mapping[str, float], mode: str, stores: int, reuses: int) -> float:
+    """Time of a rule's own arithmetic over ``stores`` store and ``reuses`` reuse passes."""
+    return stores * costs.get(_cost_key(mode, "store"), 0.0) + reuses * costs.get(_cost_key(mode, "reuse"), 0.0)
