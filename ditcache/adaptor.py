@@ -5,6 +5,7 @@ forwards, the reuse rules); steps come from :mod:`ditcache.steps`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from typing import Any, Callable, List, Mapping, Optional, Union
@@ -87,8 +88,7 @@ class DitCacheAdaptor:
                     f"dit_block_num={config.dit_block_num} does not match the {len(blocks)} blocks at "
                     f"{dit_block_path!r}; leave it None or set it to {len(blocks)}"
                 )
-            config.dit_block_num = len(blocks)
-            self.search_config = config
+            self.search_config = dataclasses.replace(config, dit_block_num=len(blocks))
         elif isinstance(config, DitCacheConfig):
             check_region(config, len(blocks))
 

@@ -183,8 +183,10 @@ def test_wrong_config_type_for_the_adaptor():
     with pytest.raises(ValueError, match="dit_block_num=4 does not match the 6 blocks"):
         DitCacheAdaptor(pipe, config=DitCacheSearchConfig(num_sampling_steps=10, dit_block_num=4))
     assert unpatched(pipe)
-    adaptor = DitCacheAdaptor(pipe, config=DitCacheSearchConfig(num_sampling_steps=10))
+    given = DitCacheSearchConfig(num_sampling_steps=10)
+    adaptor = DitCacheAdaptor(pipe, config=given)
     assert adaptor.search_config.dit_block_num == 6
+    assert given.dit_block_num is None  # the caller's config is a value: not written to
     with pytest.raises(ValueError, match="cache_num_blocks"):
         adaptor.update_cache_config(cache_block_start=3, cache_num_blocks=4, cache_step_start=0, cache_step_interval=2)
     with pytest.raises(ValueError, match="already patched"):
