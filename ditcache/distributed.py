@@ -119,10 +119,6 @@ def current_context() -> DistributedContext:
     return DistributedContext()
 
 
-def is_main_process() -> bool:
-    return current_context().is_main
-
-
 def broadcast_object(value: Any, source: int = 0) -> Any:
     """``value`` from rank ``source`` on every rank (itself when not distributed)."""
     if not current_context().enabled:

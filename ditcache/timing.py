@@ -44,7 +44,6 @@ class BlockTimer:
     def __init__(self, blocks: Sequence[nn.Module]) -> None:
         self.blocks = list(blocks)
         self.seconds: List[float] = [0.0] * len(self.blocks)
-        self.calls: List[int] = [0] * len(self.blocks)
         self._device = module_device(self.blocks[0])
         self._handles: List[Any] = []
         self._started: List[float] = [0.0] * len(self.blocks)
@@ -71,6 +70,5 @@ class BlockTimer:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             synchronize(self._device)
             self.seconds[index] += time.perf_counter() - self._started[index]
-            self.calls[index] += 1
 
         return hook
