@@ -10,6 +10,8 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from .config import DitCacheSearchConfig
+from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, for_timesteps,
+                       resolve_sampling, search_config)
 
 # Pipeline argument names -> the flags that set them, so errors name what the user typed.
 _FLAG_FOR_ARGUMENT: Dict[str, str] = {
@@ -46,42 +48,27 @@ def _run_sample(args: argparse.Namespace) -> None:
         device = torch.device(args.device)
     except RuntimeError as err:
         raise ValueError(f"--device {args.device!r} is invalid: {err}") from None
-    cache_config = None
-    steps = args.steps
-    if args.dit_cache_config is not None:
-        from . import DitCacheConfig
-
-        cache_config = DitCacheConfig.load(args.dit_cache_config)
-        searched = cache_config.num_sampling_steps
-        if steps is None:
-            steps = searched
-        elif searched is not None and searched != steps:
-            raise ValueError(f"--steps {steps} does not match the {searched} steps --dit-cache-config was searched for")
-    scheduler, timesteps = args.scheduler, None
-    if args.schedule_timestep is not None:
-        from .restep import read_schedule_timesteps
-
-        timesteps = read_schedule_timesteps(args.schedule_timestep, args.steps)
-        steps = len(timesteps)
-        if scheduler == "euler_ancestral":
-            scheduler = "euler_ancestral_timesteps"  # the same sampler; the stock class refuses timesteps=
-    pipe = load_bundled_pipeline(args.model, scheduler=scheduler, device=device)
+    sampling = resolve_sampling(args.steps, args.dit_cache_config, args.schedule_timestep, CLI_FLAGS,
+                                default_steps=DEFAULT_STEPS)
+    pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=device)
+    if sampling.timesteps is not None:
+        pipe.scheduler = for_timesteps(pipe.scheduler)
     try:
         pipe.tokenizer(args.prompt)
     except ValueError as err:
         raise ValueError(f"--prompt: {err}") from None
     from . import dit_cache
 
-    with dit_cache(pipe, cache_config):
+    with dit_cache(pipe, sampling.cache_config):
         video = pipe(
             args.prompt,
             num_frames=args.frames,
             height=args.height,
             width=args.width,
-            num_inference_steps=DEFAULT_STEPS if steps is None else steps,
+            num_inference_steps=sampling.num_steps,
             guidance_scale=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
             seed=args.seed,
-            timesteps=timesteps,
+            timesteps=sampling.timesteps,
             progress=not args.quiet,
         ).images[0]
     write_video(args.out, video, fps=args.fps)
@@ -140,21 +127,18 @@ def _read_prompts(path: Optional[str]) -> List[str]:
 
 def _run_search(args: argparse.Namespace) -> None:
     import logging
-    import os
 
     from . import DitCacheAdaptor
     from .models.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_bundled_pipeline
 
-    if args.cache_ratio is not None and args.min_psnr is not None:
-        raise ValueError("give either --cache-ratio (a speedup target) or --min-psnr (a quality floor), not both")
     if not args.out.lower().endswith(".json"):
         raise ValueError(f"--out {args.out!r} is invalid: it must be a .json path")
     prompts = _read_prompts(args.prompts)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
-    config = DitCacheSearchConfig(
-        cache_ratio=1.3 if args.cache_ratio is None else args.cache_ratio, min_psnr=args.min_psnr,
-        num_sampling_steps=steps, journal_dir=args.journal or os.path.splitext(args.out)[0] + ".journal",
-        cache_step_interval=args.max_interval, reuse_modes=tuple(args.reuse), confirm_pairs=args.confirm_pairs,
+    config = search_config(
+        CLI_FLAGS, config_path=args.out, num_sampling_steps=steps, cache_ratio=args.cache_ratio,
+        min_psnr=args.min_psnr, max_interval=args.max_interval, reuse=args.reuse, confirm_pairs=args.confirm_pairs,
+        candidates_to_run=args.candidates_to_run, journal_dir=args.journal,
     )
     pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=args.device)
     for prompt in prompts:
@@ -185,15 +169,17 @@ def _run_search(args: argparse.Namespace) -> None:
 
 def _register_search(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="search a DiT cache config on the bundled model")
-    p.add_argument("--cache-ratio", type=float, help="speedup target, measured end to end (default 1.3)")
+    p.add_argument("--cache-ratio", type=float, help=f"speedup target, measured end to end (default {DEFAULT_CACHE_RATIO})")
     p.add_argument("--min-psnr", type=float, help="quality floor in dB instead: the fastest config above it")
     p.add_argument("--prompts", help="a text file with one prompt a line (default: two built-in prompts)")
     p.add_argument("--out", default="dit_cache_config.json", help="the config; a .search.json table and a "
                    ".search.png plot are written beside it")
     p.add_argument("--journal", help="resumable journal folder (default: beside --out)")
-    p.add_argument("--max-interval", type=int, default=4, help="largest reuse interval tried")
-    p.add_argument("--reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"],
-                   help="reuse modes tried")
+    p.add_argument("--max-interval", type=int, default=DitCacheSearchConfig.cache_step_interval,
+                   help="largest reuse interval tried")
+    p.add_argument("--reuse", nargs="+", default=list(DEFAULT_REUSE), choices=REUSE_CHOICES, help="reuse modes tried")
+    p.add_argument("--candidates-to-run", type=int, default=DitCacheSearchConfig.candidates_to_run,
+                   help="best-ranked configs run for real for a speedup target")
     p.add_argument("--confirm-pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
                    help="most interleaved uncached/cached run pairs confirming the winner's speedup (0: none)")
     _add_model_flags(p)

@@ -32,7 +32,7 @@ def test_search_then_sample_with_the_config(tmp_path):
         (["search", "--cache-ratio", "1.5", "--min-psnr", "30"], "either --cache-ratio"),
         (["search", "--out", "config.txt"], "--out 'config.txt' is invalid: it must be a .json path"),
         (["search", "--prompts", "/nonexistent/prompts.txt"], "--prompts '/nonexistent/prompts.txt' cannot be read"),
-        (["search", "--cache-ratio", "0.9"], "cache_ratio must be a finite number > 1.0, got 0.9"),
+        (["search", "--cache-ratio", "0.9"], "--cache-ratio must be a finite number > 1.0, got 0.9"),
         (["search", "--reuse", "taylor9"], "invalid choice: 'taylor9'"),
     ],
 )
@@ -59,4 +59,4 @@ def test_sample_refuses_a_config_for_other_steps(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--prompt", "a red circle moving up", "--out", str(tmp_path / "a.mp4"), "--steps", "30",
               "--dit-cache-config", str(config)])
-    assert "--steps 30 does not match the 20 steps" in capsys.readouterr().err
+    assert "--dit-cache-config was searched for 20 steps, but this run has 30" in capsys.readouterr().err

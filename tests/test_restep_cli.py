@@ -3,7 +3,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from ditcache.cli import main
 from ditcache.restep import write_schedule
@@ -12,13 +11,7 @@ from ditcache.video import read_video
 PROMPT = "a red circle moving right"
 STOCK_4 = [0.249, 0.499, 0.749, 0.999]  # what euler_ancestral samples with 4 "trailing" steps, as t/1000
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sample(tmp_path, name, *flags):
@@ -45,7 +38,7 @@ def test_bad_schedule_flags_are_usage_errors(tmp_path, capsys):
     cases = [
         (["--schedule-timestep", path, "--steps", "5"], "--steps 5 does not match the 4 timesteps in schedule file"),
         (["--schedule-timestep", str(tmp_path / "broken.txt")], "must be strictly increasing"),
-        (["--schedule-timestep", str(tmp_path / "missing.txt")], "schedule file .*missing.txt.* does not exist"),
+        (["--schedule-timestep", str(tmp_path / "missing.txt")], "--schedule-timestep file .*missing.txt.* does not exist"),
         (["--schedule-timestep", path, "--scheduler", "pndm"], "timesteps= is not supported by the PNDMScheduler"),
     ]
     for flags, message in cases:

@@ -34,15 +34,6 @@ def test_schedule_file_round_trip_gives_the_stock_timesteps():
     assert schedule_to_timesteps(timesteps_to_schedule(stock.timesteps.tolist())) == stock.timesteps.tolist()
 
 
-@pytest.fixture
-def one_thread():
-    """A fixed thread count (the comparison is bitwise), and one that is fast on a busy two-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sampling_with_stock_timesteps_is_bit_identical(one_thread):
     prompts = ["a red circle moving right", "a cyan triangle moving up"]
     stock = load_bundled_pipeline()

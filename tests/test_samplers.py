@@ -11,8 +11,8 @@ import torch
 
 from ditcache import DitCacheConfig
 from ditcache.video import read_video
-from samplers.args import parse
-from samplers.backends import import_opensora, make_backend
+from ditcache.samplers.args import parse
+from ditcache.samplers.backends import import_opensora, make_backend
 from ditcache.distributed import DistributedContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ def test_sequence_parallel_output_matches_one_process(tmp_path):
     [
         (["--text_prompt", "x", "--bogus", "1"], "unrecognized arguments: --bogus"),
         (["--text_prompt", "x", "--cache_ratio", "1.3", "--min_psnr", "30"], "either --cache_ratio"),
-        (["--text_prompt", "x", "--cache_ratio", "1.0"], "--cache_ratio must be > 1.0"),
+        (["--text_prompt", "x", "--cache_ratio", "1.0"], "--cache_ratio must be a finite number > 1.0"),
         (["--text_prompt", "x", "--search_type", "restep"], "needs --videos_path"),
         (["--text_prompt", "x", "--ae_path", "vae/"], "--ae_path applies to Open-Sora-Plan models only"),
         (["--text_prompt", "x", "--model_type", "dit"], "needs --model_path"),
@@ -108,6 +108,12 @@ def test_sequence_parallel_output_matches_one_process(tmp_path):
         (["--text_prompt", "missing.txt"], "does not exist"),
         (["--text_prompt", "x", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["--text_prompt", "x", "--cache_save_path", "/nonexistent/dir/c.json"], "folder '/nonexistent/dir'"),
+        (["--text_prompt", "x", "--cache_ratio", "nan"], "--cache_ratio must be a finite number > 1.0, got nan"),
+        (["--text_prompt", "x", "--min_psnr", "nan"], "--min_psnr must be a finite number > 0.0, got nan"),
+        (["--text_prompt", "x", "--guidance_scale", "nan"], "--guidance_scale must be >= 1"),
+        (["--text_prompt", "x", "--cache_step_interval", "1"], "--cache_step_interval must be an int >= 2, got 1"),
+        (["--text_prompt", "x", "--reuse", "taylor9"], "invalid choice: 'taylor9'"),
+        (["--text_prompt", "x", "--reuse", "delta", "delta"], "--reuse must be a non-empty list of distinct"),
     ],
 )
 def test_bad_search_flags_fail_before_any_model_loads(argv, message, capsys):
@@ -117,6 +123,14 @@ def test_bad_search_flags_fail_before_any_model_loads(argv, message, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert time.perf_counter() - started < 2
+
+
+def test_search_flags_resolve_into_the_search_config(tmp_path):
+    config = parse("search", ["--text_prompt", "x", "--reuse", "delta", "--min_psnr", "30",
+                              "--cache_save_path", str(tmp_path / "c.json")]).search_config
+    assert config.reuse_modes == ("delta",) and config.min_psnr == 30.0 and config.num_sampling_steps == 50
+    assert config.journal_dir == str(tmp_path / "c.journal")
+    assert parse("search", ["--text_prompt", "x"]).search_config.reuse_modes == ("delta", "taylor1")
 
 
 def test_bad_sample_flags(tmp_path, capsys):
@@ -218,3 +232,12 @@ def test_spec_scripts_reach_the_open_sora_plan_backend(tmp_path, script):
     result = subprocess.run(["bash", os.path.join(ROOT, "example", "osp1_2", script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode != 0
     assert "needs its `opensora` package" in result.stderr
+
+
+def test_the_library_does_not_import_its_front_ends():
+    code = ("import sys, ditcache, ditcache.settings; "
+            "print(sorted(n for n in sys.modules if n.startswith(('ditcache.samplers', 'ditcache.cli', 'samplers', "
+            "'example', 'diffusers'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

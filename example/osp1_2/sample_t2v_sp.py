@@ -1,5 +1,5 @@
-"""``torchrun ... -m example.osp1_2.sample_t2v_sp``: the spec's name for :mod:`samplers.sample_t2v_sp`."""
-from samplers.sample_t2v_sp import main
+"""``torchrun ... -m example.osp1_2.sample_t2v_sp``: the spec's name for :mod:`ditcache.samplers.sample_t2v_sp`."""
+from ditcache.samplers.sample_t2v_sp import main
 
 if __name__ == "__main__":
     main()

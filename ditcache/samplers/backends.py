@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ditcache.distributed import DistributedContext, all_gather_objects
+from ditcache.settings import for_timesteps
 
 from .args import SAMPLE_METHODS
 
@@ -68,10 +69,10 @@ class BundledBackend(Backend):
         from ditcache.models import load_bundled_pipeline
         from ditcache.models.pipeline import DEFAULT_GUIDANCE
 
-        scheduler = SAMPLE_METHODS[args.sample_method]
-        if getattr(args, "timesteps", None) is not None and scheduler == "euler_ancestral":
-            scheduler = "euler_ancestral_timesteps"  # the stock Euler ancestral sampler refuses timesteps=
-        self.pipeline = load_bundled_pipeline(args.model_path, scheduler=scheduler, device=context.device)
+        self.pipeline = load_bundled_pipeline(args.model_path, scheduler=SAMPLE_METHODS[args.sample_method],
+                                              device=context.device)
+        if getattr(args, "timesteps", None) is not None:
+            self.pipeline.scheduler = for_timesteps(self.pipeline.scheduler)
         self.sequence_parallel = split_tokens and context.enabled
         self.num_frames = args.num_frames or 8
         self.height, self.width = args.height or 32, args.width or 32
@@ -167,10 +168,8 @@ class OpenSoraBackend(Backend):
             args.model_path, cache_dir=args.cache_dir, low_cpu_mem_usage=False, device_map=None, torch_dtype=dtype
         ).eval()
         scheduler = getattr(schedulers, OSP_SCHEDULERS[args.sample_method])()
-        if getattr(args, "timesteps", None) is not None and args.sample_method == "EulerAncestralDiscrete":
-            from ditcache.restep import TimestepEulerAncestralScheduler
-
-            scheduler = TimestepEulerAncestralScheduler.from_config(scheduler.config)
+        if getattr(args, "timesteps", None) is not None:
+            scheduler = for_timesteps(scheduler)
         self.pipeline = OpenSoraPipeline(
             vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler,
             transformer=transformer,

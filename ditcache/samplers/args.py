@@ -7,6 +7,8 @@ from typing import List, Optional
 
 from ditcache.config import DitCacheSearchConfig
 from ditcache.distributed import DEVICES
+from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, check_guidance,
+                               check_positive, resolve_sampling, search_config)
 
 # Open-Sora-Plan's --sample_method names, and the bundled pipeline's scheduler for each.
 SAMPLE_METHODS = {
@@ -69,9 +71,11 @@ def search_parser() -> argparse.ArgumentParser:
     _common(parser)
     search = parser.add_argument_group("search")
     search.add_argument("--search_type", choices=("dit_cache", "restep"), default="dit_cache")
-    search.add_argument("--cache_ratio", type=float, default=None, help="dit_cache: speedup target (default 1.3)")
+    search.add_argument("--cache_ratio", type=float, default=None, help=f"dit_cache: speedup target (default {DEFAULT_CACHE_RATIO})")
     search.add_argument("--min_psnr", type=float, default=None, help="dit_cache: quality floor in dB instead")
     search.add_argument("--cache_step_interval", type=int, default=4, help="dit_cache: largest interval tried")
+    search.add_argument("--reuse", nargs="+", default=list(DEFAULT_REUSE), choices=REUSE_CHOICES,
+                        help="dit_cache: reuse modes tried")
     search.add_argument("--candidates_to_run", type=int, default=DitCacheSearchConfig.candidates_to_run,
                         help="dit_cache: best-ranked configs run for real for a speedup target")
     search.add_argument("--confirm_pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
@@ -111,13 +115,6 @@ def detect_model_type(model_path: Optional[str]) -> str:
     return "osp"
 
 
-def _check_positive(args: argparse.Namespace, names: List[str]) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name} must be > 0, got {value}")
-
-
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Settle defaults and refuse impossible combinations, before anything heavy happens."""
     args.prompts = read_prompts(args.text_prompt)
@@ -131,45 +128,26 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             raise ValueError(f"--{given[0]} applies to Open-Sora-Plan models only (backend here: {args.backend})")
     if args.backend == "osp" and args.model_path is None:
         raise ValueError("--model_type osp/dit/udit needs --model_path (the Open-Sora-Plan checkpoint folder)")
-    _check_positive(args, ["num_frames", "height", "width", "num_sampling_steps", "fps", "timeout", "max_sequence_length"])
-    if args.guidance_scale is not None and args.guidance_scale < 1.0:
-        raise ValueError(f"--guidance_scale must be >= 1 (1 disables guidance), got {args.guidance_scale}")
-    for name in ("dit_cache_config", "schedule_timestep"):
-        path = getattr(args, name, None)
-        if path is not None and not os.path.isfile(path):
-            raise ValueError(f"--{name} file {path!r} does not exist")
-    args.cache_config = None
-    if getattr(args, "dit_cache_config", None):
-        from ditcache import DitCacheConfig
-
-        args.cache_config = DitCacheConfig.load(args.dit_cache_config)
-    args.timesteps = None
-    if getattr(args, "schedule_timestep", None):
-        from ditcache.restep import read_schedule_timesteps
-
-        args.timesteps = read_schedule_timesteps(args.schedule_timestep, args.num_sampling_steps)
-        args.num_sampling_steps = len(args.timesteps)
-    elif args.num_sampling_steps is None:
-        searched = args.cache_config.num_sampling_steps if args.cache_config is not None else None
-        args.num_sampling_steps = searched or 50
-    if args.cache_config is not None and args.cache_config.num_sampling_steps not in (None, args.num_sampling_steps):
-        raise ValueError(
-            f"--dit_cache_config was searched for {args.cache_config.num_sampling_steps} steps, but this run has "
-            f"{args.num_sampling_steps} (--num_sampling_steps / --schedule_timestep)"
-        )
+    for name in ("num_frames", "height", "width", "num_sampling_steps", "fps", "timeout", "max_sequence_length"):
+        check_positive(f"--{name}", getattr(args, name))
+    check_guidance("--guidance_scale", args.guidance_scale)
+    sampling = resolve_sampling(args.num_sampling_steps, getattr(args, "dit_cache_config", None),
+                                getattr(args, "schedule_timestep", None), SAMPLER_FLAGS)
+    args.num_sampling_steps, args.cache_config, args.timesteps = sampling.num_steps, sampling.cache_config, \
+        sampling.timesteps
+    args.search_config = None
     if getattr(args, "search_type", None) == "dit_cache":
-        if args.cache_ratio is not None and args.min_psnr is not None:
-            raise ValueError("give either --cache_ratio (a speedup target) or --min_psnr (a quality floor), not both")
-        if args.cache_ratio is None and args.min_psnr is None:
-            args.cache_ratio = 1.3
-        _check_positive(args, ["min_psnr"])
-        if args.cache_ratio is not None and args.cache_ratio <= 1.0:
-            raise ValueError(f"--cache_ratio must be > 1.0, got {args.cache_ratio}")
         if args.videos_path is not None or args.save_dir is not None:
             raise ValueError("--videos_path and --save_dir belong to --search_type restep")
         directory = os.path.dirname(os.path.abspath(args.cache_save_path))
         if not os.path.isdir(directory):
             raise ValueError(f"--cache_save_path: folder {directory!r} does not exist")
+        args.search_config = search_config(
+            SAMPLER_FLAGS, config_path=args.cache_save_path, num_sampling_steps=args.num_sampling_steps,
+            cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.cache_step_interval,
+            reuse=args.reuse, confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
+            journal_dir=args.journal_dir,
+        )
     if getattr(args, "search_type", None) == "restep":
         if args.videos_path is None or args.save_dir is None:
             raise ValueError("--search_type restep needs --videos_path (calibration videos) and --save_dir")
