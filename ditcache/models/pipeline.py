@@ -51,7 +51,7 @@ NOISE_SCHEDULE: Dict[str, Any] = {
 # Per-sampler settings that are not part of the shared noise schedule.
 _SAMPLER_OPTIONS: Dict[str, Dict[str, Any]] = {"pndm": {"skip_prk_steps": True}}
 DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 2.0  # best prompt fidelity of the shipped weights (README: 2 to 7 compared)
+DEFAULT_GUIDANCE = 2.0  # best prompt fidelity of the shipped weights (docs/benchmarks.md: 2 to 7 compared)
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
 
