@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, List, Mapping, Optional, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
@@ -19,8 +19,8 @@ from .config import DitCacheConfig, DitCacheSearchConfig, check_int
 DEFAULT_BLOCK_PATH = "transformer.transformer_blocks"
 
 
-def resolve_blocks(pipeline: Any, dit_block_path: str) -> nn.ModuleList:
-    """The ``nn.ModuleList`` at ``dit_block_path`` inside ``pipeline``, checked."""
+def resolve_blocks(pipeline: Any, dit_block_path: str) -> Tuple[Any, nn.ModuleList]:
+    """The ``nn.ModuleList`` at ``dit_block_path`` inside ``pipeline``, checked, and what holds it."""
     if not isinstance(dit_block_path, str) or not dit_block_path:
         raise ValueError(f"dit_block_path must be a non-empty string, got {dit_block_path!r}")
     parts = dit_block_path.split(".")
@@ -29,8 +29,9 @@ def resolve_blocks(pipeline: Any, dit_block_path: str) -> nn.ModuleList:
             f"dit_block_path must be dot-separated Python identifiers (e.g. {DEFAULT_BLOCK_PATH!r}), "
             f"got {dit_block_path!r}"
         )
-    current = pipeline
+    owner = current = pipeline
     for i, part in enumerate(parts):
+        owner = current
         if not hasattr(current, part):
             raise ValueError(
                 f"dit_block_path {dit_block_path!r}: {type(current).__name__} at "
@@ -43,7 +44,7 @@ def resolve_blocks(pipeline: Any, dit_block_path: str) -> nn.ModuleList:
         )
     if len(current) == 0:
         raise ValueError(f"dit_block_path {dit_block_path!r} leads to an empty nn.ModuleList")
-    return current
+    return owner, current
 
 
 def check_region(config: DitCacheConfig, num_blocks: int) -> None:
@@ -74,7 +75,7 @@ class DitCacheAdaptor:
             raise ValueError(
                 f"config must be a DitCacheSearchConfig, a DitCacheConfig or None, got {type(config).__name__}"
             )
-        blocks = resolve_blocks(pipeline, dit_block_path)
+        transformer, blocks = resolve_blocks(pipeline, dit_block_path)
         for i, block in enumerate(blocks):
             if isinstance(block.__dict__.get("forward"), CachedForward):
                 raise ValueError(
@@ -102,6 +103,7 @@ class DitCacheAdaptor:
         self.last_search: Any = None
 
         self._region = CachedRegion(blocks)
+        self._unwatch_timesteps = steps.watch_timesteps(transformer)  # the step signal of decorated loops
         scheduler = getattr(pipeline, "scheduler", None)
         if track_scheduler and scheduler is not None and callable(getattr(scheduler, "step", None)):
             self._restore_scheduler = steps.track_scheduler(scheduler)
@@ -212,6 +214,7 @@ class DitCacheAdaptor:
         if not self.attached:
             return
         self._region.remove()
+        self._unwatch_timesteps()
         if self._restore_scheduler is not None:
             self._restore_scheduler()
             self._restore_scheduler = None

@@ -6,6 +6,7 @@ cache against the loop, not against the cache's own idea of the step.
 """
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional, Tuple
 
 import torch
@@ -73,6 +74,8 @@ class ToyPipeline:
         self.scheduler.set_timesteps(num_inference_steps)
         latents = latents * self.scheduler.init_noise_sigma
         clock = self.transformer.clock
+        # second-order schedulers (Heun, DPM-2) take no generator
+        noise_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         with torch.no_grad():
             for i, t in enumerate(self.scheduler.timesteps):
                 clock["step"] = i
@@ -89,7 +92,7 @@ class ToyPipeline:
                     both = self.transformer(torch.cat([model_input, model_input * 0.5]), t)
                     cond, uncond = both.chunk(2)
                     noise = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(noise, t, latents, **noise_kwargs).prev_sample
         clock["step"] = None
         return latents
 

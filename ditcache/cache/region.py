@@ -37,6 +37,7 @@ class _PassState(threading.local):
     def reset(self, run: Optional[int] = None) -> None:
         self.run = run
         self.step: Optional[int] = None
+        self.highest: Optional[int] = None  # the last step this run reached
         self.passes = 0
         self.mode = "full"
         self.start_inputs: Optional[Dict[str, torch.Tensor]] = None
@@ -119,8 +120,12 @@ class CachedRegion:
     def on_run_start(self, total: Optional[int]) -> None:
         self._state.reset()
 
-    def on_run_end(self) -> None:
-        self._state.reset()
+    def on_run_end(self, check: bool) -> None:
+        state = self._state
+        made = state.highest + 1 if state.run == steps.current_run() and state.highest is not None else None
+        state.reset()
+        if check and made is not None:
+            self._check_steps(made, ended=True)
 
     # --- the patched forward ------------------------------------------------------------
 
@@ -133,20 +138,22 @@ class CachedRegion:
 
     def _begin_pass(self, state: _PassState) -> None:
         """Decide at the first block of the region how this forward pass treats it."""
-        step = steps.current_step()
-        if step is None:
-            raise ValueError(
-                "the cache does not know the denoising step: call DitCacheAdaptor.set_timestep_idx(i) at the "
-                "top of each step, decorate the loop or scheduler with @timestep_aware, or give the pipeline "
-                "a `scheduler` attribute before attaching the cache"
-            )
+        step = steps.require_step()
         run = steps.current_run()
         if state.run != run:
             state.reset(run)
-            self._check_run_length()
+            if steps.current_total() is not None:
+                self._check_steps(steps.current_total(), ended=False)
         if state.step != step:
             state.step = step
             state.passes = 0
+            state.highest = step if state.highest is None else max(step, state.highest)
+            limit = self.config.num_sampling_steps if self.config is not None else None
+            if limit is not None and step >= limit:
+                raise ValueError(
+                    f"the cache config was made for num_sampling_steps={limit}, but this run reached step {step}; "
+                    f"search again for this run's steps or run with {limit}"
+                )
         state.pass_index = state.passes
         state.passes += 1
         config = self.config
@@ -154,19 +161,22 @@ class CachedRegion:
         if state.mode == "reuse" and state.pass_index not in state.stored:
             state.mode = "store"
 
-    def _check_run_length(self) -> None:
-        total, config = steps.current_total(), self.config
-        if total is None or config is None:
+    def _check_steps(self, total: int, ended: bool) -> None:
+        """Refuse a run of ``total`` steps that does not fit the config (``ended``: known once it ended)."""
+        config = self.config
+        if config is None:
             return
+        run = "the run that just ended" if ended else "this run"
         if config.num_sampling_steps is not None and config.num_sampling_steps != total:
             raise ValueError(
-                f"the cache config was made for num_sampling_steps={config.num_sampling_steps}, but this run has "
-                f"{total} scheduler steps; search again for {total} steps or run with {config.num_sampling_steps}"
+                f"the cache config was made for num_sampling_steps={config.num_sampling_steps}, but {run} has "
+                f"{total} denoising steps; search again for {total} steps or run with {config.num_sampling_steps}"
             )
         if config.cache_step_start >= total:
+            steps_of_run = f"the {total} steps of {run}" if ended else f"this run's {total} steps"
             raise ValueError(
-                f"cache_step_start={config.cache_step_start} is beyond this run's {total} steps "
-                f"(allowed 0..{total - 1}); the cache would never be used"
+                f"cache_step_start={config.cache_step_start} is beyond {steps_of_run} (allowed 0..{total - 1}); "
+                "the cache would never be used"
             )
 
     def forward(

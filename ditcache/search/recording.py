@@ -132,12 +132,7 @@ class CalibrationRecorder:
         return hook
 
     def _record(self, index: int, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
-        step = steps.current_step()
-        if step is None:
-            raise ValueError(
-                "the search cannot tell the denoising step: give the pipeline a `scheduler`, decorate the loop "
-                "with @timestep_aware, or call DitCacheAdaptor.set_timestep_idx(i) every step"
-            )
+        step = steps.require_step()
         run = steps.current_run()
         if index == 0:
             key = (run, step)
@@ -168,7 +163,9 @@ class CalibrationRecorder:
         num_blocks = len(self.blocks)
         trajectories = []
         for key, by_step in sorted(self._records.items()):
-            if sorted(by_step) != list(range(num_steps)):
+            run, pass_index = key
+            first = self._records[(run, 0)]
+            if pass_index == 0 and sorted(by_step) != list(range(num_steps)):
                 raise ValueError(
                     f"the calibration run made {len(by_step)} denoising steps (seen: {min(by_step)}..{max(by_step)}), "
                     f"but num_sampling_steps={num_steps}; set num_sampling_steps to the steps the callable runs"
@@ -179,6 +176,9 @@ class CalibrationRecorder:
                         f"step {step} of the calibration run called {len(by_block)} of the {num_blocks} blocks; "
                         "the cache search needs every block called once per forward pass"
                     )
+            # A later pass missing at some steps (a second-order sampler's last step) is ranked as the first.
+            for step in range(num_steps):
+                by_step.setdefault(step, first[step])
             trajectories.append(key)
         sketch_in = torch.stack([
             torch.stack([torch.stack([self._records[k][t][b][0] for b in range(num_blocks)]) for t in range(num_steps)])
