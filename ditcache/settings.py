@@ -115,7 +115,7 @@ def for_timesteps(scheduler: Any) -> Any:
     from diffusers import EulerAncestralDiscreteScheduler
 
     if type(scheduler) is EulerAncestralDiscreteScheduler:
-        from .restep import TimestepEulerAncestralScheduler
+        from .schedulers import TimestepEulerAncestralScheduler
 
         return TimestepEulerAncestralScheduler.from_config(scheduler.config)
     return scheduler

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from ditcache.metrics import compare_videos
 from ditcache.models import load_bundled_pipeline
 from ditcache.models.shapes import render_clip
 from ditcache.restep import ReStepAdaptor, ReStepSearchConfig, read_schedule, read_schedule_timesteps
 from ditcache.restep.journal import JOURNAL_FILE
 from ditcache.restep.objective import Denoiser
-from ditcache.restep.scheduler import TimestepEulerAncestralScheduler
+from ditcache.schedulers import TimestepEulerAncestralScheduler
 from ditcache.video import write_video
 
 PROMPTS = [
@@ -97,7 +98,7 @@ def test_resume_continues_where_it_stopped_and_ends_the_same(pipe, videos, tmp_p
         with pytest.raises(KeyboardInterrupt):
             search(pipe, videos, tmp_path / "resumed").search()
     journal = json.loads((tmp_path / "resumed" / JOURNAL_FILE).read_text())
-    assert journal["next_point"] >= 2  # at least one point was finished and recorded
+    assert journal["state"]["next_point"] >= 2  # at least one point was finished and recorded
     assert not (tmp_path / "resumed" / "searched_schedule.txt").exists()
 
     with CountForwards(pipe.transformer) as second:
@@ -213,3 +214,57 @@ def test_open_sora_transformers_are_called_as_their_pipeline_calls_them(pipe):
 
     got, _ = Denoiser(OspPipeline(), scheduler, PROMPTS[:1], 4, guidance_scale=4.0)(*args)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def dp_search(pipe, videos, save_dir, steps=STEPS, **kwargs):
+    config = ReStepSearchConfig(videos, str(save_dir), method="dp", monte_carlo_iters=2, num_sampling_steps=steps,
+                                teacher_steps=20, guidance_scale=2.0, **kwargs)
+    return ReStepAdaptor(pipe, config)
+
+
+def test_dp_search_writes_teacher_timesteps_and_reuses_its_teacher(pipe, videos, tmp_path):
+    with CountForwards(pipe.transformer) as first:
+        schedule = dp_search(pipe, videos, tmp_path).search()
+    assert first.calls == 20  # one guided batch per teacher step
+    assert read_schedule(str(tmp_path / "searched_schedule.txt")) == schedule
+    scheduler = TimestepEulerAncestralScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(20)
+    teacher = {round(t / 1000, 9) for t in scheduler.timesteps.tolist()}
+    assert len(schedule) == STEPS and set(schedule) <= teacher and schedule[-1] == 0.999
+    with CountForwards(pipe.transformer) as other_count:
+        longer = dp_search(pipe, videos, tmp_path, steps=8).search()
+    assert other_count.calls == 0 and len(longer) == 8  # the journalled teacher serves any step count
+    with pytest.raises(ValueError, match="journal .* was made for other settings"):
+        dp_search(pipe, videos, tmp_path, seed=3).search()
+
+
+def test_dp_path_is_the_cheapest_of_its_length():
+    """Against every path of the given length through a small random grid."""
+    import itertools
+
+    from ditcache.restep.dp import cheapest_path
+
+    rng = np.random.default_rng(0)
+    points = 7
+    costs = [rng.uniform(0.1, 1.0, points - i).tolist() for i in range(points)]
+    for steps in (1, 3, 5, 7):
+        def total(path):
+            nodes = [*path, points]
+            return sum(costs[a][b - a - 1] for a, b in zip(nodes, nodes[1:]))
+
+        best = min((p for p in itertools.combinations(range(1, points), steps - 1)), key=lambda rest: total((0, *rest)))
+        assert cheapest_path(costs, steps) == [0, *best]
+
+
+@pytest.mark.slow
+def test_dp_schedule_beats_uniform_against_the_teacher(pipe, videos, tmp_path):
+    """The step costs predict the error of real Euler sampling: from new noise, the dp schedule ends closer to the teacher."""
+    config = ReStepSearchConfig(videos, str(tmp_path), method="dp", monte_carlo_iters=3, num_sampling_steps=6,
+                                teacher_steps=30, guidance_scale=2.0)
+    schedule = ReStepAdaptor(pipe, config).search()
+    euler = load_bundled_pipeline(scheduler="euler")
+    run = dict(prompt=PROMPTS[:3], seed=5, progress=False)
+    teacher = list(euler(num_inference_steps=30, **run).images)
+    uniform = compare_videos(list(euler(num_inference_steps=6, **run).images), teacher)["psnr"]
+    searched = compare_videos(list(euler(timesteps=[t * 1000 for t in reversed(schedule)], **run).images), teacher)["psnr"]
+    assert searched > uniform + 0.5, (searched, uniform)

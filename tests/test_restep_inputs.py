@@ -1,4 +1,5 @@
 """ReStep's inputs: every bad config, calibration directory and schedule file is a clear ValueError."""
+import dataclasses
 import io
 import json
 import os
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from ditcache.restep import ReStepSearchConfig, read_schedule, read_schedule_timesteps, write_schedule
+from ditcache.restep import ReStepAdaptor, ReStepSearchConfig, read_schedule, read_schedule_timesteps, write_schedule
 from ditcache.restep.calibration import find_clips
 
 
@@ -24,50 +25,79 @@ def make_dir(path, count=5, prompts=None):
 @pytest.mark.parametrize(
     "field, value, message",
     [
+        ("method", "ays", r"method='ays' is invalid: allowed values are \['klub', 'dp'\]"),
         ("neighbour_type", "gaussian", r"neighbour_type='gaussian' is invalid: allowed values are \['uniform', 'random'\]"),
         ("num_sampling_steps", 2, "num_sampling_steps=2 is invalid: must be an int >= 3"),
         ("num_sampling_steps", 10.0, "num_sampling_steps=10.0 is invalid"),
         ("num_sampling_steps", True, "num_sampling_steps=True is invalid"),
-        ("monte_carlo_iters", 0, r"monte_carlo_iters=0 is invalid: must be an int in \[1, 5\]"),
-        ("monte_carlo_iters", 6, r"monte_carlo_iters=6 is invalid: must be an int in \[1, 5\]"),
+        ("monte_carlo_iters", 0, r"monte_carlo_iters=0 is invalid: must be an int in \[1, 20\]"),
+        ("monte_carlo_iters", 21, r"monte_carlo_iters=21 is invalid: must be an int in \[1, 20\]"),
         ("monte_carlo_iters", True, "monte_carlo_iters=True is invalid"),
+        ("teacher_steps", 1, r"teacher_steps=1 is invalid: must be an int in \[2, 1000\]"),
+        ("teacher_steps", 1001, r"teacher_steps=1001 is invalid"),
         ("seed", -1, "seed=-1 is invalid: must be an int >= 0"),
         ("guidance_scale", 0.5, "guidance_scale=0.5 is invalid: must be a finite number >= 1"),
         ("guidance_scale", float("nan"), "guidance_scale=nan is invalid"),
         ("guidance_scale", "4", "guidance_scale='4' is invalid"),
         ("guidance_scale", True, "guidance_scale=True is invalid"),
+        ("videos_path", None, "videos_path=None is invalid: must be a directory of calibration videos"),
+        ("save_dir", None, "save_dir=None is invalid: must be a directory path"),
+        ("save_dir", "", "save_dir='' is invalid: must be a directory path"),
     ],
 )
-def test_bad_fields(tmp_path, field, value, message):
-    videos = make_dir(tmp_path / "videos")
+def test_bad_fields(field, value, message):
     with pytest.raises(ValueError, match=message):
-        ReStepSearchConfig(videos, str(tmp_path / "out"), **{field: value})
+        ReStepSearchConfig(**{"videos_path": "videos", "save_dir": "out", field: value})
 
 
-def test_good_config_creates_save_dir(tmp_path):
-    config = ReStepSearchConfig(make_dir(tmp_path / "videos", count=20), str(tmp_path / "new" / "out"), monte_carlo_iters=20)
-    assert os.path.isdir(config.save_dir) and config.neighbour_type == "uniform" and config.num_sampling_steps == 50
+def test_dp_needs_more_teacher_steps_than_sampling_steps():
+    with pytest.raises(ValueError, match=r"teacher_steps=50 is invalid: must be an int in \[51, 1000\] \(more than"):
+        ReStepSearchConfig("videos", "out", method="dp", num_sampling_steps=50, teacher_steps=50)
+    assert ReStepSearchConfig("videos", "out", num_sampling_steps=500).teacher_steps == 200  # klub has no teacher
+
+
+def test_config_is_a_value_that_touches_no_file(tmp_path):
+    """Making a config lists, creates and writes nothing; the files are checked when the search starts."""
+    config = ReStepSearchConfig(str(tmp_path / "missing"), str(tmp_path / "new" / "out"), monte_carlo_iters=20)
+    assert list(tmp_path.iterdir()) == []
+    assert config == ReStepSearchConfig(str(tmp_path / "missing"), str(tmp_path / "new" / "out"), monte_carlo_iters=20)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.num_sampling_steps = 10
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from ditcache.models import load_bundled_pipeline
+
+    return load_bundled_pipeline(scheduler="euler")
+
+
+def start(pipe, videos, save_dir, **kwargs):
+    """Start a search: its inputs are checked before any clip is read or model called."""
+    ReStepAdaptor(pipe, ReStepSearchConfig(videos, str(save_dir), **kwargs)).search()
+
+
+def test_monte_carlo_iters_above_the_clip_count(pipe, tmp_path):
+    with pytest.raises(ValueError, match=r"monte_carlo_iters=6 is invalid: must be an int in \[1, 5\]"):
+        start(pipe, make_dir(tmp_path / "videos"), tmp_path / "out", monte_carlo_iters=6)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("count", [4, 21])
-def test_video_count_out_of_range(tmp_path, count):
+def test_video_count_out_of_range(pipe, tmp_path, count):
     with pytest.raises(ValueError, match=f"holds {count} calibration videos; 5 to 20 are needed"):
-        ReStepSearchConfig(make_dir(tmp_path / "videos", count=count), str(tmp_path / "out"))
+        start(pipe, make_dir(tmp_path / "videos", count=count), tmp_path / "out")
 
 
-def test_bad_paths(tmp_path):
+def test_bad_paths(pipe, tmp_path):
     videos = make_dir(tmp_path / "videos")
-    with pytest.raises(ValueError, match="videos_path=None is invalid: must be an existing directory"):
-        ReStepSearchConfig(None, str(tmp_path / "out"))
     with pytest.raises(ValueError, match="videos_path=.*missing.* is invalid"):
-        ReStepSearchConfig(str(tmp_path / "missing"), str(tmp_path / "out"))
+        start(pipe, str(tmp_path / "missing"), tmp_path / "out")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="save_dir=.*file.* is invalid: it exists and is not a directory"):
-        ReStepSearchConfig(videos, str(tmp_path / "file"))
-    with pytest.raises(ValueError, match="save_dir=None is invalid"):
-        ReStepSearchConfig(videos, None)
+        start(pipe, videos, tmp_path / "file")
     with pytest.raises(ValueError, match="save_dir=.* is invalid: cannot write there"):
-        ReStepSearchConfig(videos, str(tmp_path / "file" / "below"))
+        start(pipe, videos, tmp_path / "file" / "below")
 
 
 def test_prompts_json_selects_and_labels_clips(tmp_path):
@@ -91,7 +121,7 @@ def test_prompts_json_selects_and_labels_clips(tmp_path):
 )
 def test_bad_prompts_json(tmp_path, prompts, message):
     with pytest.raises(ValueError, match=message):
-        ReStepSearchConfig(make_dir(tmp_path / "videos", prompts=prompts), str(tmp_path / "out"))
+        find_clips(make_dir(tmp_path / "videos", prompts=prompts))
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ from diffusers import EulerAncestralDiscreteScheduler
 
 from ditcache.models import load_bundled_pipeline
 from ditcache.models.pipeline import NOISE_SCHEDULE
-from ditcache.restep import TimestepEulerAncestralScheduler, schedule_to_timesteps
+from ditcache.restep import schedule_to_timesteps
+from ditcache.schedulers import TimestepEulerAncestralScheduler
 from ditcache.restep.schedule import timesteps_to_schedule
 
 SPACINGS = ["trailing", "leading", "linspace"]
@@ -71,3 +72,14 @@ def test_off_grid_timesteps_interpolate_sigma():
 def test_bad_timesteps(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TimestepEulerAncestralScheduler.from_config(NOISE_SCHEDULE).set_timesteps(**kwargs)
+
+
+def test_loading_the_bundled_model_does_not_import_restep():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ditcache.models import load_bundled_pipeline; load_bundled_pipeline("
+            "scheduler='euler_ancestral_timesteps'); print('ditcache.restep' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,7 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from ..restep.scheduler import TimestepEulerAncestralScheduler
+from ..schedulers import TimestepEulerAncestralScheduler
 from .shapes import MIN_SIZE
 from .text import ShapesTextEncoder, ShapesTokenizer
 from .transformer import ShapesT2V

@@ -5,7 +5,7 @@ Needs diffusers (it is not part of the core namespace, which stays importable wi
 from .adaptor import ReStepAdaptor
 from .config import ReStepSearchConfig
 from .schedule import read_schedule, read_schedule_timesteps, schedule_to_timesteps, write_schedule
-from .scheduler import TimestepEulerAncestralScheduler
+from ..schedulers import TimestepEulerAncestralScheduler
 
 __all__ = [
     "ReStepAdaptor",

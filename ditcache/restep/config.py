@@ -1,29 +1,38 @@
-"""ReStepSearchConfig: the settings of a timestep search, checked when made."""
+"""ReStepSearchConfig: the settings of a timestep search, a value checked when made (no file is touched)."""
 from __future__ import annotations
 
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from .calibration import find_clips
-
+METHODS = ("klub", "dp")
 NEIGHBOUR_TYPES = ("uniform", "random")
 MIN_VIDEOS, MAX_VIDEOS = 5, 20
 MIN_STEPS = 3  # the first and last point stay fixed, so fewer steps leave nothing to search
+MAX_TEACHER_STEPS = 1000  # the noise schedule's training timesteps
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass
-class ReStepSearchConfig:
-    """Where the calibration videos are, where results go, and how hard to search.
+def _check_path(name: str, value: object, what: str) -> None:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"{name}={value!r} is invalid: must be {what}")
 
-    ``monte_carlo_iters`` is how many calibration clips (each with fresh noise) score every
-    candidate timestep; ``guidance_scale`` should be the one you sample with (1 = the conditional
-    model alone, half the cost); ``seed`` makes the search repeatable.
+
+@dataclass(frozen=True)
+class ReStepSearchConfig:
+    """Where the calibration videos are, where results go, and how to search.
+
+    ``method`` picks the search: ``"klub"`` is the spec's "Align Your Steps" sweep, where
+    ``monte_carlo_iters`` calibration clips (each with fresh noise) score every candidate position
+    (``neighbour_type`` says how candidates are spread); ``"dp"`` picks the steps by dynamic
+    programming against a ``teacher_steps``-step Euler solution from the prompts of
+    ``monte_carlo_iters`` calibration clips. ``guidance_scale`` should be the one you sample with
+    (1 = the conditional model alone, half the cost); ``seed`` makes the search repeatable.
+    The calibration directory and ``save_dir`` are checked when the search starts.
     """
 
     videos_path: Optional[str] = None
@@ -33,40 +42,32 @@ class ReStepSearchConfig:
     num_sampling_steps: int = 50
     guidance_scale: float = 1.0
     seed: int = 0
+    method: str = "klub"
+    teacher_steps: int = 200
 
     def __post_init__(self) -> None:
+        _check_path("videos_path", self.videos_path, "a directory of calibration videos")
+        _check_path("save_dir", self.save_dir, "a directory path")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is invalid: allowed values are {list(METHODS)}")
         if self.neighbour_type not in NEIGHBOUR_TYPES:
             raise ValueError(f"neighbour_type={self.neighbour_type!r} is invalid: allowed values are {list(NEIGHBOUR_TYPES)}")
         if not _is_int(self.num_sampling_steps) or self.num_sampling_steps < MIN_STEPS:
             raise ValueError(f"num_sampling_steps={self.num_sampling_steps!r} is invalid: must be an int >= {MIN_STEPS}")
+        low = self.num_sampling_steps + 1 if self.method == "dp" else 2  # the dp picks its steps among the teacher's
+        if not _is_int(self.teacher_steps) or not low <= self.teacher_steps <= MAX_TEACHER_STEPS:
+            raise ValueError(
+                f"teacher_steps={self.teacher_steps!r} is invalid: must be an int in [{low}, {MAX_TEACHER_STEPS}]"
+                + (" (more than num_sampling_steps)" if self.method == "dp" else "")
+            )
         if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not (
-            1.0 <= self.guidance_scale < float("inf")
+            1.0 <= self.guidance_scale < math.inf
         ):
             raise ValueError(f"guidance_scale={self.guidance_scale!r} is invalid: must be a finite number >= 1 (1 = no guidance)")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} is invalid: must be an int >= 0")
-        count = len(find_clips(self.videos_path))
-        if not MIN_VIDEOS <= count <= MAX_VIDEOS:
+        if not _is_int(self.monte_carlo_iters) or not 1 <= self.monte_carlo_iters <= MAX_VIDEOS:
             raise ValueError(
-                f"videos_path={self.videos_path!r} is invalid: it holds {count} calibration videos; "
-                f"{MIN_VIDEOS} to {MAX_VIDEOS} are needed (*.mp4, or the files listed in its prompts.json)"
+                f"monte_carlo_iters={self.monte_carlo_iters!r} is invalid: must be an int in [1, {MAX_VIDEOS}] "
+                f"and at most the number of calibration videos"
             )
-        if not _is_int(self.monte_carlo_iters) or not 1 <= self.monte_carlo_iters <= count:
-            raise ValueError(
-                f"monte_carlo_iters={self.monte_carlo_iters!r} is invalid: must be an int in [1, {count}] "
-                f"(the number of calibration videos)"
-            )
-        self._check_save_dir()
-
-    def _check_save_dir(self) -> None:
-        """Create ``save_dir`` if missing and prove it writable by writing a scratch file."""
-        if not isinstance(self.save_dir, (str, os.PathLike)) or not os.fspath(self.save_dir):
-            raise ValueError(f"save_dir={self.save_dir!r} is invalid: must be a directory path")
-        if os.path.exists(self.save_dir) and not os.path.isdir(self.save_dir):
-            raise ValueError(f"save_dir={self.save_dir!r} is invalid: it exists and is not a directory")
-        try:
-            os.makedirs(self.save_dir, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.save_dir):
-                pass
-        except OSError as err:
-            raise ValueError(f"save_dir={self.save_dir!r} is invalid: cannot write there ({err})") from None

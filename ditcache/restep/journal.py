@@ -1,41 +1,42 @@
-"""A resumable record of a timestep search: the schedule so far and the next point to optimise.
+"""A resumable record of a timestep search: its settings' fingerprint and the state reached so far.
 
-It is rewritten atomically after every point, so an interrupted search restarts at the point it
-was on. A journal made for other settings (steps, clips, seed, ...) is refused, not mixed in.
+It is rewritten atomically whenever the search makes progress, so an interrupted search restarts
+from the last state recorded. A journal made for other settings (steps, clips, seed, method, ...)
+is refused, not mixed in.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, Optional
 
 from .._atomic import atomic_write_text
 
 JOURNAL_FILE = "restep_journal.json"
 
 
-class SearchJournal:
-    def __init__(self, save_dir: str, fingerprint: Dict[str, Any], schedule: List[float]) -> None:
-        """Resume from ``save_dir``'s journal, or start at point 1 of ``schedule``."""
+class ReStepJournal:
+    def __init__(self, save_dir: str, fingerprint: Dict[str, Any]) -> None:
+        """Resume from ``save_dir``'s journal (``state`` is then what was recorded), or start fresh (``None``)."""
         self.path = os.path.join(save_dir, JOURNAL_FILE)
         self.fingerprint = fingerprint
-        self.schedule, self.next_point = list(schedule), 1
+        self.state: Optional[Dict[str, Any]] = None
         if not os.path.exists(self.path):
             return
         try:
             with open(self.path, "r", encoding="utf-8") as handle:
-                state = json.load(handle)
+                saved = json.load(handle)
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"search journal {self.path!r} is unreadable ({err}); delete it to start over") from None
-        if state.get("fingerprint") != fingerprint:
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            found = saved.get("fingerprint") if isinstance(saved, dict) else saved
             raise ValueError(
-                f"search journal {self.path!r} was made for other settings ({state.get('fingerprint')}); now "
+                f"search journal {self.path!r} was made for other settings ({found}); now "
                 f"{fingerprint}. Use another save_dir or delete the journal"
             )
-        self.schedule, self.next_point = state["schedule"], state["next_point"]
+        self.state = saved.get("state")
 
-    def record(self, schedule: List[float], next_point: int) -> None:
-        """Save progress: ``schedule`` with every point before ``next_point`` optimised."""
-        self.schedule, self.next_point = list(schedule), next_point
-        state = {"fingerprint": self.fingerprint, "schedule": self.schedule, "next_point": next_point}
-        atomic_write_text(self.path, json.dumps(state, indent=1) + "\n")
+    def record(self, state: Dict[str, Any]) -> None:
+        """Save progress: ``state`` is JSON data that lets the search continue from here."""
+        self.state = state
+        atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "state": state}) + "\n")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .scheduler import TimestepEulerAncestralScheduler
+from ..schedulers import TimestepEulerAncestralScheduler
 
 KLUB_C = 0.5  # the data scale c in the KLUB weight
 # Transformers whose pipeline passes the caption as (B, 1, L, D), its mask as (B, 1, L), a latent
@@ -70,15 +70,19 @@ class Denoiser:
         sigmas = self.scheduler.sigmas[:-1].to(self.device)
         sigma_rows = sigmas.repeat_interleave(count).view(-1, *rest)
         noisy = self.scheduler.add_noise(x0.repeat(len(timesteps), *rest), noise.repeat(len(timesteps), *rest), t_rows)
-        clip_rows = clips.repeat(len(timesteps))
-        step = self.batch_size
-        estimates = torch.cat([
-            self._estimate(noisy[i : i + step], sigma_rows[i : i + step], t_rows[i : i + step], clip_rows[i : i + step])
-            for i in range(0, len(noisy), step)
-        ])
+        estimates = self.estimate(noisy, sigma_rows, t_rows, clips.repeat(len(timesteps)))
         return estimates.view(len(timesteps), *x0.shape), sigmas
 
-    def _estimate(self, noisy: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def estimate(self, noisy: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+        """D at the states ``noisy`` (rows with their own ``sigma``, timestep ``t`` and clip), ``batch_size`` rows a call."""
+        step = self.batch_size
+        return torch.cat([
+            self._estimate_batch(noisy[i : i + step], sigma[i : i + step], t[i : i + step], clips[i : i + step])
+            for i in range(0, len(noisy), step)
+        ])
+
+    def _estimate_batch(self, noisy: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
         scale = (sigma**2 + 1) ** 0.5
         dtype = getattr(self.transformer, "dtype", torch.float32)
         model_input, rows = (noisy / scale).to(dtype), clips.to(self.states.device)

@@ -1,4 +1,4 @@
-"""An Euler-ancestral scheduler that also accepts custom timesteps.
+"""Schedulers shared by the bundled model and ReStep: an Euler-ancestral one that also accepts custom timesteps.
 
 diffusers' ``EulerAncestralDiscreteScheduler.set_timesteps`` takes only a step count, so a searched
 schedule cannot be passed to a pipeline as ``timesteps=``. This subclass adds that argument (the
