@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from ditcache.config import DitCacheSearchConfig
 from ditcache.distributed import DEVICES
+from ditcache.restep.config import METHODS, ReStepSearchConfig
 from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, check_guidance,
                                check_positive, resolve_sampling, search_config)
 
@@ -85,7 +86,12 @@ def search_parser() -> argparse.ArgumentParser:
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")
     search.add_argument("--save_dir", default=None, help="restep: where searched_schedule.txt is written")
     search.add_argument("--neighbour_type", choices=("uniform", "random"), default="uniform")
-    search.add_argument("--monte_carlo_iters", type=int, default=5)
+    search.add_argument("--monte_carlo_iters", type=int, default=5,
+                        help="restep: calibration clips scoring each candidate (klub) or teacher prompts (dp)")
+    search.add_argument("--restep_method", choices=METHODS, default="klub",
+                        help="restep: the spec's KLUB sweep, or dp (steps chosen against a fine-step Euler teacher)")
+    search.add_argument("--teacher_steps", type=int, default=ReStepSearchConfig.teacher_steps,
+                        help="restep dp: Euler steps of the teacher whose timesteps are the candidates")
     return parser
 
 
@@ -153,7 +159,26 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             raise ValueError("--search_type restep needs --videos_path (calibration videos) and --save_dir")
         if args.cache_ratio is not None or args.min_psnr is not None:
             raise ValueError("--cache_ratio and --min_psnr belong to --search_type dit_cache")
+        args.restep_config = restep_config(args)
     return args
+
+
+def restep_config(args: argparse.Namespace) -> ReStepSearchConfig:
+    """The timestep search's config from the flags, checked, with errors naming the flags."""
+    flags = {"videos_path": "--videos_path", "save_dir": "--save_dir", "neighbour_type": "--neighbour_type",
+             "monte_carlo_iters": "--monte_carlo_iters", "num_sampling_steps": "--num_sampling_steps",
+             "guidance_scale": "--guidance_scale", "seed": "--seed", "method": "--restep_method",
+             "teacher_steps": "--teacher_steps"}
+    values = {"videos_path": args.videos_path, "save_dir": args.save_dir, "neighbour_type": args.neighbour_type,
+              "monte_carlo_iters": args.monte_carlo_iters, "num_sampling_steps": args.num_sampling_steps,
+              "seed": args.seed, "method": args.restep_method, "teacher_steps": args.teacher_steps}
+    if args.guidance_scale is not None:
+        values["guidance_scale"] = float(args.guidance_scale)
+    try:
+        return ReStepSearchConfig(**values)
+    except ValueError as err:
+        field, _, rest = str(err).partition("=")
+        raise ValueError(f"{flags[field]} {rest}" if field in flags else str(err)) from None
 
 
 def parse(kind: str, argv: Optional[List[str]] = None) -> argparse.Namespace:

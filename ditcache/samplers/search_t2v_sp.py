@@ -41,15 +41,11 @@ def search_dit_cache(args, context) -> None:
 
 
 def search_restep(args, context) -> None:
-    from ditcache.restep import ReStepAdaptor, ReStepSearchConfig
+    from ditcache.restep import ReStepAdaptor
 
-    config = ReStepSearchConfig(
-        videos_path=args.videos_path, save_dir=args.save_dir, neighbour_type=args.neighbour_type,
-        monte_carlo_iters=args.monte_carlo_iters, num_sampling_steps=args.num_sampling_steps,
-    )
     if context.is_main:  # the schedule search runs on one process; the others wait for it
         backend = make_backend(args, context, split_tokens=False)
-        schedule = ReStepAdaptor(backend.pipeline, config).search()
+        schedule = ReStepAdaptor(backend.pipeline, args.restep_config).search()
         logger.info("searched schedule (t/1000, ascending): %s", schedule)
     barrier()
 
