@@ -238,6 +238,19 @@ def test_dp_search_writes_teacher_timesteps_and_reuses_its_teacher(pipe, videos,
         dp_search(pipe, videos, tmp_path, seed=3).search()
 
 
+def test_dp_step_costs_are_the_distances_of_real_euler_jumps():
+    from ditcache.restep.dp import step_costs
+
+    generator = torch.Generator().manual_seed(0)
+    states, slopes = torch.randn(6, 2, 3, 4, generator=generator) * 5, torch.randn(5, 2, 3, 4, generator=generator)
+    sigmas = torch.tensor([14.6, 6.0, 2.5, 0.9, 0.1, 0.0])
+    costs = step_costs(states, slopes, sigmas)
+    for i in range(5):
+        for j in range(i + 1, 6):
+            landed = states[i] + (sigmas[j] - sigmas[i]) * slopes[i]
+            assert costs[i][j - i - 1] == pytest.approx(float((landed - states[j]).pow(2).mean()), rel=1e-5)
+
+
 def test_dp_path_is_the_cheapest_of_its_length():
     """Against every path of the given length through a small random grid."""
     import itertools

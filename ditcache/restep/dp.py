@@ -42,13 +42,27 @@ def teacher_costs(
         d = denoiser.estimate(x, sigmas[k].expand(len(x)).view(-1, *rest), timesteps[k].expand(len(x)), clips)
         slopes.append((x - d) / sigmas[k])
         states.append(x + (sigmas[k + 1] - sigmas[k]) * slopes[-1])
-    xs = torch.stack(states)
+    return [float(t) for t in timesteps], step_costs(torch.stack(states), torch.stack(slopes), sigmas)
+
+
+def step_costs(states: torch.Tensor, slopes: torch.Tensor, sigmas: torch.Tensor) -> List[List[float]]:
+    """``costs[i][j - i - 1]``: mean squared distance of the Euler jump from state i (along ``slopes[i]``) to j.
+
+    Expanded into inner products, so all pairs cost three matrix products (in float64, as the
+    expansion subtracts large, nearly equal terms) instead of one pass over the states per pair.
+    """
+    x, s = states.flatten(1).double(), slopes.flatten(1).double()
+    sigma = sigmas.double().to(x.device)
+    gram, cross = x @ x.T, s @ x.T  # <x_i, x_j>, <s_i, x_j>
+    norms, own = gram.diagonal(), cross.diagonal()
+    slope_norms = (s * s).sum(1)
     costs = []
-    for i in range(teacher_steps):
-        jumps = (sigmas[i + 1 :] - sigmas[i]).view(-1, 1, *rest)
-        landed = xs[i][None] + jumps * slopes[i][None]
-        costs.append((landed - xs[i + 1 :]).pow(2).flatten(1).mean(1).tolist())
-    return [float(t) for t in timesteps], costs
+    for i in range(len(s)):
+        jump = sigma[i + 1 :] - sigma[i]
+        squared = (norms[i] + norms[i + 1 :] - 2 * gram[i, i + 1 :] + 2 * jump * (own[i] - cross[i, i + 1 :])
+                   + jump**2 * slope_norms[i])
+        costs.append((squared.clamp_min(0) / x.shape[1]).tolist())
+    return costs
 
 
 def cheapest_path(costs: Sequence[Sequence[float]], steps: int) -> List[int]:
