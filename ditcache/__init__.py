@@ -3,6 +3,7 @@
 The core (this namespace) needs only torch, numpy and tqdm.
 """
 from .adaptor import DitCacheAdaptor
+from .cache.blocks import register_family
 from .config import DitCacheConfig, DitCacheSearchConfig
 from .context import dit_cache
 from .steps import timestep_aware
@@ -14,6 +15,7 @@ __all__ = [
     "DitCacheSearchConfig",
     "dit_cache",
     "register_block_outputs",
+    "register_family",
     "timestep_aware",
 ]
 __version__ = "0.1.0"

@@ -8,44 +8,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
-
-from torch import nn
+from typing import Any, Callable, List, Mapping, Optional, Union
 
 from . import steps
+from .cache.blocks import BlockPath, find_blocks
 from .cache.region import CachedForward, CachedRegion
 from .config import DitCacheConfig, DitCacheSearchConfig, check_int
-
-DEFAULT_BLOCK_PATH = "transformer.transformer_blocks"
-
-
-def resolve_blocks(pipeline: Any, dit_block_path: str) -> Tuple[Any, nn.ModuleList]:
-    """The ``nn.ModuleList`` at ``dit_block_path`` inside ``pipeline``, checked, and what holds it."""
-    if not isinstance(dit_block_path, str) or not dit_block_path:
-        raise ValueError(f"dit_block_path must be a non-empty string, got {dit_block_path!r}")
-    parts = dit_block_path.split(".")
-    if not all(part.isidentifier() for part in parts):
-        raise ValueError(
-            f"dit_block_path must be dot-separated Python identifiers (e.g. {DEFAULT_BLOCK_PATH!r}), "
-            f"got {dit_block_path!r}"
-        )
-    owner = current = pipeline
-    for i, part in enumerate(parts):
-        owner = current
-        if not hasattr(current, part):
-            raise ValueError(
-                f"dit_block_path {dit_block_path!r}: {type(current).__name__} at "
-                f"{'.'.join(parts[:i]) or 'the pipeline'!r} has no attribute {part!r}"
-            )
-        current = getattr(current, part)
-    if not isinstance(current, nn.ModuleList):
-        raise ValueError(
-            f"dit_block_path {dit_block_path!r} must lead to an nn.ModuleList of blocks, got {type(current).__name__}"
-        )
-    if len(current) == 0:
-        raise ValueError(f"dit_block_path {dit_block_path!r} leads to an empty nn.ModuleList")
-    return owner, current
-
 
 def check_region(config: DitCacheConfig, num_blocks: int) -> None:
     """Refuse a region that does not fit a model of ``num_blocks`` blocks."""
@@ -67,7 +35,7 @@ class DitCacheAdaptor:
         self,
         pipeline: Any,
         config: Optional[Union[DitCacheSearchConfig, DitCacheConfig]] = None,
-        dit_block_path: str = DEFAULT_BLOCK_PATH,
+        dit_block_path: BlockPath = None,
         *,
         track_scheduler: bool = True,
     ) -> None:
@@ -75,26 +43,28 @@ class DitCacheAdaptor:
             raise ValueError(
                 f"config must be a DitCacheSearchConfig, a DitCacheConfig or None, got {type(config).__name__}"
             )
-        transformer, blocks = resolve_blocks(pipeline, dit_block_path)
+        chain = find_blocks(pipeline, dit_block_path)
+        blocks = chain.blocks
         for i, block in enumerate(blocks):
             if isinstance(block.__dict__.get("forward"), CachedForward):
                 raise ValueError(
-                    f"block {i} at {dit_block_path!r} is already patched by another DitCacheAdaptor; "
+                    f"block {chain.name(i)} is already patched by another DitCacheAdaptor; "
                     "call remove() on it (or leave its dit_cache context) first"
                 )
         self.search_config: Optional[DitCacheSearchConfig] = None
         if isinstance(config, DitCacheSearchConfig):
             if config.dit_block_num is not None and config.dit_block_num != len(blocks):
                 raise ValueError(
-                    f"dit_block_num={config.dit_block_num} does not match the {len(blocks)} blocks at "
-                    f"{dit_block_path!r}; leave it None or set it to {len(blocks)}"
+                    f"dit_block_num={config.dit_block_num} does not match the {len(blocks)} blocks of "
+                    f"{chain.describe()}; leave it None or set it to {len(blocks)}"
                 )
             self.search_config = dataclasses.replace(config, dit_block_num=len(blocks))
         elif isinstance(config, DitCacheConfig):
             check_region(config, len(blocks))
 
         self.pipeline = pipeline
-        self.dit_block_path = dit_block_path
+        self.chain = chain
+        self.dit_block_path = ",".join(chain.paths)
         self.blocks = blocks
         self._lock = threading.Lock()
         self._cache_config: Optional[DitCacheConfig] = None
@@ -102,8 +72,8 @@ class DitCacheAdaptor:
         self._restore_scheduler: Optional[Callable[[], None]] = None
         self.last_search: Any = None
 
-        self._region = CachedRegion(blocks)
-        self._unwatch_timesteps = steps.watch_timesteps(transformer)  # the step signal of decorated loops
+        self._region = CachedRegion(chain)
+        self._unwatch_timesteps = steps.watch_timesteps(chain.owner)  # the step signal of decorated loops
         scheduler = getattr(pipeline, "scheduler", None)
         if track_scheduler and scheduler is not None and callable(getattr(scheduler, "step", None)):
             self._restore_scheduler = steps.track_scheduler(scheduler)

@@ -5,7 +5,8 @@ import contextlib
 import os
 from typing import Any, Dict, Iterator, Union
 
-from .adaptor import DEFAULT_BLOCK_PATH, DitCacheAdaptor, as_cache_config
+from .adaptor import DitCacheAdaptor, as_cache_config
+from .cache.blocks import BlockPath
 from .config import DitCacheConfig
 
 ConfigLike = Union[DitCacheConfig, Dict[str, Any], str, "os.PathLike[str]", None]
@@ -13,9 +14,13 @@ ConfigLike = Union[DitCacheConfig, Dict[str, Any], str, "os.PathLike[str]", None
 
 @contextlib.contextmanager
 def dit_cache(
-    pipeline: Any, config: ConfigLike, dit_block_path: str = DEFAULT_BLOCK_PATH
+    pipeline: Any, config: ConfigLike, dit_block_path: BlockPath = None
 ) -> Iterator[DitCacheAdaptor]:
     """Patch the blocks at ``dit_block_path`` with ``config`` on enter; restore them on exit.
+
+    ``dit_block_path=None`` finds the model's chain of block lists (see
+    :mod:`ditcache.cache.blocks`); a path, or several separated by commas,
+    names them.
 
     ``config`` may be a :class:`DitCacheConfig`, a dict of its fields, a path to
     a JSON file, or ``None`` (patched, caching off). Everything is checked

@@ -45,7 +45,9 @@ class BlockStreams:
     """How one block's outputs pair with its inputs.
 
     ``outputs is None``: the block returns one tensor continuing ``primary``.
-    Otherwise ``outputs[k]`` names the input that output ``k`` continues.
+    Otherwise ``outputs[k]`` names the input that output ``k`` continues, or is
+    ``None`` for an output that is not a stream (``None``, a side output): a
+    skipped block hands on what that output was on the last store step.
     """
 
     signature: inspect.Signature
@@ -59,18 +61,27 @@ class BlockStreams:
             return (self.primary,)
         return tuple(name for name in self.outputs if name is not None)
 
-    def inputs(self, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-        """The stream tensors of one call, by input name."""
-        if self.outputs is None and args:
+    def inputs(
+        self, args: Tuple[Any, ...], kwargs: Mapping[str, Any], names: Optional[Tuple[str, ...]] = None
+    ) -> Dict[str, Any]:
+        """The stream tensors of one call (or the inputs ``names``), by input name."""
+        if names is None and self.outputs is None and args:
             return {self.primary: args[0]}
         bound = self.signature.bind_partial(*args, **kwargs).arguments
-        return {name: bound.get(name) for name in self.names}
+        return {name: bound.get(name) for name in (self.names if names is None else names)}
 
-    def pack(self, values: Mapping[str, Any]) -> Any:
-        """Build the block's return value from per-stream tensors."""
+    def pack(self, values: Mapping[str, Any], aux: Optional[Mapping[int, Any]] = None) -> Any:
+        """Build the block's return value from per-stream tensors and the other outputs (``aux``, by position)."""
         if self.outputs is None:
             return values[self.primary]
-        return tuple(None if name is None else values[name] for name in self.outputs)
+        aux = aux or {}
+        return tuple(aux.get(k) if name is None else values[name] for k, name in enumerate(self.outputs))
+
+    def aux(self, output: Any) -> Dict[int, Any]:
+        """The outputs of a block's tuple that are not streams (``None``, or side outputs), by position."""
+        if self.outputs is None:
+            return {}
+        return {k: output[k] for k, name in enumerate(self.outputs) if name is None}
 
     def unpack(self, output: Any) -> Dict[str, Any]:
         """Per-stream tensors of a block's return value."""
@@ -104,12 +115,14 @@ def block_streams(block: torch.nn.Module, args: Tuple[Any, ...], kwargs: Mapping
         outputs = KNOWN_TUPLE_OUTPUTS[name]
         if len(outputs) != len(output):
             raise ValueError(f"block {name} returned {len(output)} outputs; its registered order has {len(outputs)}")
+        # an output that is None here (SD3's last joint block returns no text stream) is handed on as it is
+        outputs = tuple(key if isinstance(output[k], torch.Tensor) else None for k, key in enumerate(outputs))
         return BlockStreams(signature, primary, outputs)
     bound = signature.bind_partial(*args, **kwargs).arguments
     tensor_inputs = {key: value for key, value in bound.items() if isinstance(value, torch.Tensor)}
     outputs = []
     for k, value in enumerate(output):
-        if value is None:
+        if not isinstance(value, torch.Tensor):
             outputs.append(None)
             continue
         matches = [key for key, tensor in tensor_inputs.items() if tensor.shape == value.shape and key not in outputs]

@@ -136,7 +136,9 @@ class NotAList(nn.Module):
     "path,match",
     [
         ("", "non-empty string"),
-        (None, "non-empty string"),
+        ([], "dotted path"),
+        (["transformer.transformer_blocks", 3], "dotted path"),
+        ("transformer.transformer_blocks,transformer.transformer_blocks", "appears twice"),
         ("transformer..blocks", "identifiers"),
         ("transformer.transformer_blocks.0", "identifiers"),
         ("transformer.missing", "has no attribute 'missing'"),

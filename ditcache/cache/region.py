@@ -1,6 +1,6 @@
 """The cache region: its blocks' patched forwards and what they keep between steps.
 
-Region: blocks ``s .. e`` of the list. On a store step every block runs and
+Region: blocks ``s .. e`` of the chain (:mod:`ditcache.cache.blocks`). On a store step every block runs and
 the reuse rule keeps what it needs of ``out_e - in_s`` (per stream, per
 forward pass of the step); on a reuse step blocks ``s .. e`` hand their inputs
 on untouched (no compute, real tensors) and block ``e`` returns the rule's
@@ -22,14 +22,15 @@ from .. import steps
 from .._patch import InstancePatch
 from ..config import DitCacheConfig
 from ..streams import BlockStreams, block_streams
+from .blocks import BlockChain, OrderCheck
 from .reuse import ReuseRule, Stored, reuse_rule
 
-# Roles of a block in the region.
+# Roles of a block in its segment of the region.
 _START, _INNER, _END, _ONLY = "start", "inner", "end", "only"
 
 
 class _PassState(threading.local):
-    """What one thread caches: what was stored per forward pass of a step, and the current pass."""
+    """What one thread caches: what was stored per forward pass of a step and segment, and the current pass."""
 
     def __init__(self) -> None:
         self.reset()
@@ -39,9 +40,11 @@ class _PassState(threading.local):
         self.step: Optional[int] = None
         self.highest: Optional[int] = None  # the last step this run reached
         self.passes = 0
-        self.mode = "full"
+        self.mode = "full"  # the pass's decision, taken at the region's first block
+        self.segment_mode = "full"  # the current segment's: a reuse pass stores a segment it has nothing for
         self.start_inputs: Optional[Dict[str, torch.Tensor]] = None
-        self.stored: Dict[int, Stored] = {}
+        self.stored: Dict[Tuple[int, int], Stored] = {}  # (pass, segment) -> what the rule kept
+        self.aux: Dict[Tuple[int, int], Dict[int, Any]] = {}  # (pass, block) -> outputs that are not streams
         self.pass_index = 0
 
 
@@ -56,28 +59,37 @@ class CachedForward:
         self.original = original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        role = self.region.roles[self.index]
+        region = self.region
+        if region.order_check is not None:
+            region.check_order(self.index)
+        role = region.roles[self.index]
         if role is None:
             return self.original(*args, **kwargs)
-        return self.region.forward(role, self.index, self.original, args, kwargs)
+        return region.forward(role, self.index, self.original, args, kwargs)
 
 
 class CachedRegion:
-    """The patched blocks of one list, the config they follow, and the cached tensors (per thread).
+    """The patched blocks of a chain, the config they follow, and the cached tensors (per thread).
 
-    Listens to the step clock: a run's start or end frees what the calling
-    thread cached.
+    The region's blocks are split into *segments* where the chain passes from
+    one list to another: each segment keeps its own residual (its streams are
+    those of its list; the code between lists, which may concatenate or split
+    streams, runs on every step), and all segments follow the decision taken
+    at the region's first block. Listens to the step clock: a run's start or
+    end frees what the calling thread cached.
     """
 
-    def __init__(self, blocks: nn.ModuleList) -> None:
-        self.blocks = blocks
+    def __init__(self, chain: BlockChain) -> None:
+        self.chain = chain
+        self.blocks = chain.blocks
         self.config: Optional[DitCacheConfig] = None
-        self.roles: Tuple[Optional[str], ...] = (None,) * len(blocks)
+        self.roles: Tuple[Optional[Tuple[str, int, bool]], ...] = (None,) * len(chain)
+        self.order_check: Optional[OrderCheck] = OrderCheck(chain) if chain.discovered else None
         self._rule: Optional[ReuseRule] = None
-        self._streams: List[Optional[BlockStreams]] = [None] * len(blocks)
+        self._streams: List[Optional[BlockStreams]] = [None] * len(chain)
         self._state = _PassState()
         self._patch = InstancePatch()
-        for i, block in enumerate(blocks):
+        for i, block in enumerate(chain.blocks):
             self._patch.set(block, "forward", CachedForward(self, i, block.forward))
         steps.add_listener(self)
 
@@ -87,19 +99,29 @@ class CachedRegion:
 
     def apply(self, config: Optional[DitCacheConfig]) -> None:
         """Follow ``config`` (``None``: every block runs as unpatched); drops cached tensors."""
-        roles: List[Optional[str]] = [None] * len(self.blocks)
+        roles: List[Optional[Tuple[str, int, bool]]] = [None] * len(self.blocks)
         if config is not None:
             start, end = config.cache_block_start, config.cache_block_end
+            segment = 0
             for i in range(start, end + 1):
-                roles[i] = _INNER
-            roles[start] = _START
-            roles[end] = _END
-            if start == end:
-                roles[start] = _ONLY
+                opens = i == start or self.chain.list_of[i] != self.chain.list_of[i - 1]
+                closes = i == end or self.chain.list_of[i] != self.chain.list_of[i + 1]
+                segment += opens and i != start
+                role = _ONLY if opens and closes else _START if opens else _END if closes else _INNER
+                roles[i] = (role, segment, i == start)
         self.reset()
         self.config = config
         self._rule = reuse_rule(config.reuse) if config is not None else None
         self.roles = tuple(roles)
+
+    def check_order(self, index: int) -> None:
+        """Check a discovered chain's run order on its first pass (see :class:`OrderCheck`)."""
+        check = self.order_check
+        try:
+            check.called(index)
+        finally:
+            if check.expected is None:
+                self.order_check = None
 
     def reset(self) -> None:
         """Free every cached tensor, in every thread."""
@@ -113,7 +135,7 @@ class CachedRegion:
 
     def cached_passes(self) -> int:
         """How many forward passes' tensors the calling thread holds."""
-        return len(self._state.stored)
+        return len({pass_index for pass_index, _ in self._state.stored})
 
     # --- step clock listener ------------------------------------------------------------
 
@@ -158,7 +180,7 @@ class CachedRegion:
         state.passes += 1
         config = self.config
         state.mode = config.step_mode(step) if config is not None else "full"
-        if state.mode == "reuse" and state.pass_index not in state.stored:
+        if state.mode == "reuse" and (state.pass_index, 0) not in state.stored:
             state.mode = "store"
 
     def _check_steps(self, total: int, ended: bool) -> None:
@@ -180,42 +202,53 @@ class CachedRegion:
             )
 
     def forward(
-        self, role: str, index: int, original: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
+        self, role: Tuple[str, int, bool], index: int, original: Callable[..., Any], args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
     ) -> Any:
+        position, segment, first = role
         state = self._state
-        if role in (_START, _ONLY):
-            self._begin_pass(state)
+        if position in (_START, _ONLY):
+            if first:
+                self._begin_pass(state)
+            state.segment_mode = state.mode
             if state.mode == "reuse":
-                inputs = self._streams[index].inputs(args, kwargs)
-                if state.stored[state.pass_index].fits(inputs):
+                stored = state.stored.get((state.pass_index, segment))
+                inputs = self._streams[index].inputs(args, kwargs) if stored is not None else None
+                if stored is not None and stored.fits(inputs):
                     state.start_inputs = inputs
                 else:  # a differently shaped call (other batch or resolution): compute it afresh
-                    state.mode = "store"
-        mode = state.mode
+                    state.segment_mode = "store"
+        mode = state.segment_mode
         if mode == "full":
             return original(*args, **kwargs)
         if mode == "store":
             output = original(*args, **kwargs)
             streams = self._streams_of(index, args, kwargs, output)
-            if role in (_START, _ONLY):
+            if position in (_START, _ONLY):
                 state.start_inputs = streams.inputs(args, kwargs)
-            if role in (_END, _ONLY):
+            aux = streams.aux(output)
+            if aux:
+                state.aux[(state.pass_index, index)] = aux
+            if position in (_END, _ONLY):
                 outputs = streams.unpack(output)
                 start_inputs = state.start_inputs
-                if start_inputs is None or set(start_inputs) != set(outputs):
+                if start_inputs is None or not set(outputs) <= set(start_inputs):
                     raise ValueError(
-                        f"blocks {self.config.cache_block_start} and {index} of the cache region carry "
-                        f"different streams ({sorted(start_inputs or {})} vs {sorted(outputs)}); choose a region "
-                        "of blocks of one kind"
+                        f"blocks {self.chain.name(index)} and the first block of its part of the cache region carry "
+                        f"different streams ({sorted(start_inputs or {})} vs {sorted(outputs)}); declare the "
+                        "block's outputs with ditcache.register_block_outputs"
                     )
-                previous = state.stored.get(state.pass_index)
-                state.stored[state.pass_index] = self._rule.store(previous, state.step, start_inputs, outputs)
+                key = (state.pass_index, segment)
+                inputs = {name: start_inputs[name] for name in outputs}
+                state.stored[key] = self._rule.store(state.stored.get(key), state.step, inputs, outputs)
                 state.start_inputs = None
             return output
-        # reuse: hand the inputs on; the region's last block returns the rule's prediction
+        # reuse: hand the inputs on; the segment's last block returns the rule's prediction
         streams = self._streams[index]
-        if role in (_END, _ONLY):
+        aux = state.aux.get((state.pass_index, index))
+        if position in (_END, _ONLY):
             start_inputs = state.start_inputs
             state.start_inputs = None
-            return streams.pack(self._rule.predict(state.stored[state.pass_index], state.step, start_inputs))
-        return streams.pack(streams.inputs(args, kwargs))
+            stored = state.stored[(state.pass_index, segment)]
+            return streams.pack(self._rule.predict(stored, state.step, start_inputs), aux)
+        return streams.pack(streams.inputs(args, kwargs), aux)

@@ -30,7 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model_type", choices=MODEL_TYPES, default=None,
                        help="backend; detected from --model_path when omitted (dit/udit = Open-Sora-Plan)")
     model.add_argument("--dit_block_path", default=None,
-                       help="dotted path of the block list inside the pipeline (found automatically if omitted)")
+                       help="dotted path of the block list inside the pipeline, or several separated by commas in run order "
+                            "(found automatically if omitted)")
     model.add_argument("--ae", default="CausalVAEModel_4x8x8", help="Open-Sora-Plan: VAE kind")
     model.add_argument("--ae_path", default=None, help="Open-Sora-Plan: VAE weights")
     model.add_argument("--text_encoder_name", default=None, help="Open-Sora-Plan: text encoder (e.g. google/mt5-xxl)")

@@ -190,20 +190,6 @@ class OpenSoraBackend(Backend):
         return to_uint8_video(videos[0])
 
 
-def find_block_list(pipeline: Any) -> str:
-    """The dotted path of the longest ``nn.ModuleList`` of blocks in the pipeline's transformer."""
-    root_name = "transformer" if isinstance(getattr(pipeline, "transformer", None), nn.Module) else None
-    if root_name is None:
-        raise ValueError("the diffusers pipeline has no `transformer`; give --dit_block_path")
-    best, length = None, 0
-    for name, module in getattr(pipeline, root_name).named_modules():
-        if isinstance(module, nn.ModuleList) and name and "block" in name.split(".")[-1] and len(module) > length:
-            best, length = name, len(module)
-    if best is None:
-        raise ValueError("no list of blocks found in the pipeline's transformer; give --dit_block_path")
-    return f"{root_name}.{best}"
-
-
 def to_uint8_video(video: Any) -> np.ndarray:
     """A pipeline's video or image (float in [0, 1] or uint8; CHW or HWC) as uint8 (frames, h, w, c)."""
     array = video.detach().float().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
@@ -227,7 +213,7 @@ class DiffusersBackend(Backend):
 
         self.pipeline = DiffusionPipeline.from_pretrained(args.model_path).to(context.device)
         self.pipeline.set_progress_bar_config(disable=not context.is_main)
-        self.block_path = args.dit_block_path or find_block_list(self.pipeline)
+        self.block_path = args.dit_block_path  # None: ditcache finds the transformer's block lists
         if args.compile:
             self.pipeline.transformer = torch.compile(self.pipeline.transformer)
 
