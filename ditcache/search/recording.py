@@ -142,10 +142,17 @@ class CalibrationRecorder:
         streams = self._streams[index]
         if streams is None:
             streams = self._streams[index] = block_streams(module, args, kwargs, output)
-        inputs = streams.inputs(args, kwargs)
+        names = self._streams[0].names
+        inputs = streams.inputs(args, kwargs, names)
         outputs = streams.unpack(output)
-        sketch_in = torch.cat([self._sketch(inputs[name]) for name in streams.names])
-        sketch_out = torch.cat([self._sketch(outputs[name]) for name in streams.names])
+        if not set(streams.names) <= set(names) or not all(isinstance(inputs.get(n), torch.Tensor) for n in names):
+            raise ValueError(
+                f"the cache search needs every block to carry the streams of the first ({list(names)}); block "
+                f"{index} carries {list(streams.names)}: search the blocks of one list (dit_block_path=...)"
+            )
+        # a stream a block does not return (SD3's last joint block drops the text) counts as unchanged
+        sketch_in = torch.cat([self._sketch(inputs[name]) for name in names])
+        sketch_out = torch.cat([self._sketch(outputs.get(name, inputs[name])) for name in names])
         self._records.setdefault(self._current, {}).setdefault(step, {})[index] = (sketch_in, sketch_out)
         if self.op_seconds is None and index == len(self.blocks) - 1:
             self.op_seconds = time_rules(inputs, outputs, self.device)
