@@ -86,6 +86,15 @@ FAMILIES: Dict[str, BlockFamily] = {
     "HunyuanVideo15Transformer3DModel": BlockFamily(("transformer_blocks",)),
 }
 
+def _register_outputs(families: Mapping[str, BlockFamily]) -> None:
+    """Merge the families' block outputs into the one table (so explicit paths to their blocks know them too)."""
+    for family in families.values():
+        for class_name, outputs in family.block_outputs.items():
+            register_block_outputs(class_name, outputs)
+
+
+_register_outputs(FAMILIES)
+
 
 def register_family(
     transformer_class: str,
@@ -253,8 +262,6 @@ def find_blocks(pipeline: Any, dit_block_path: BlockPath = None) -> BlockChain:
     transformer, prefix = _transformer(pipeline)
     family = _family(transformer)
     if family is not None:
-        for class_name, outputs in family.block_outputs.items():
-            register_block_outputs(class_name, outputs)
         paths = [prefix + path for path in family.lists]
         return _chain(paths, [resolve_blocks(pipeline, path)[1] for path in paths], family.interleaved, transformer)
     found = [prefix + path for path in _discover(transformer)]
