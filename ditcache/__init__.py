@@ -4,16 +4,20 @@ The core (this namespace) needs only torch, numpy and tqdm.
 """
 from .adaptor import DitCacheAdaptor
 from .cache.blocks import register_family
+from .cache.components import register_block_components
+from .component_config import ComponentCacheConfig
 from .config import DitCacheConfig, DitCacheSearchConfig
 from .context import dit_cache
 from .steps import timestep_aware
 from .streams import register_block_outputs
 
 __all__ = [
+    "ComponentCacheConfig",
     "DitCacheAdaptor",
     "DitCacheConfig",
     "DitCacheSearchConfig",
     "dit_cache",
+    "register_block_components",
     "register_block_outputs",
     "register_family",
     "timestep_aware",

@@ -12,8 +12,12 @@ from typing import Any, Callable, List, Mapping, Optional, Union
 
 from . import steps
 from .cache.blocks import BlockPath, find_blocks
+from .cache.components import CachedComponents, check_schedule
 from .cache.region import CachedForward, CachedRegion
-from .config import DitCacheConfig, DitCacheSearchConfig, check_int
+from .component_config import ComponentCacheConfig, is_component_schedule
+from .config import DitCacheConfig, DitCacheSearchConfig, check_int, read_json
+
+AnyCacheConfig = Union[DitCacheConfig, ComponentCacheConfig]
 
 def check_region(config: DitCacheConfig, num_blocks: int) -> None:
     """Refuse a region that does not fit a model of ``num_blocks`` blocks."""
@@ -21,12 +25,21 @@ def check_region(config: DitCacheConfig, num_blocks: int) -> None:
     check_int("cache_num_blocks", config.cache_num_blocks, 1, num_blocks - config.cache_block_start)
 
 
+def check_fits(config: AnyCacheConfig, blocks: nn.ModuleList) -> None:
+    """Refuse a region or a component schedule that does not fit ``blocks``."""
+    if isinstance(config, ComponentCacheConfig):
+        check_schedule(config, blocks)
+    else:
+        check_region(config, len(blocks))
+
+
 class DitCacheAdaptor:
     """Attach the DiT cache to the blocks of a pipeline (the spec's API).
 
-    ``config`` is a :class:`DitCacheSearchConfig` (for :meth:`search`) or ``None``;
-    caching stays off until :meth:`update_cache_config` (or :meth:`set_cache_config`)
-    gives a region. ``pipeline.scheduler``, when present, is made step-aware
+    ``config`` is a :class:`DitCacheSearchConfig` (for :meth:`search`), a cache config
+    (a block region :class:`DitCacheConfig` or a sub-layer schedule
+    :class:`ComponentCacheConfig`) or ``None``; caching stays off until
+    :meth:`update_cache_config` (or :meth:`set_cache_config`) gives one. ``pipeline.scheduler``, when present, is made step-aware
     (``track_scheduler=False`` leaves it alone); ``set_timestep_idx`` keeps
     working either way. :meth:`remove` restores every block.
     """
@@ -34,14 +47,15 @@ class DitCacheAdaptor:
     def __init__(
         self,
         pipeline: Any,
-        config: Optional[Union[DitCacheSearchConfig, DitCacheConfig]] = None,
+        config: Optional[Union[DitCacheSearchConfig, DitCacheConfig, ComponentCacheConfig]] = None,
         dit_block_path: BlockPath = None,
         *,
         track_scheduler: bool = True,
     ) -> None:
-        if config is not None and not isinstance(config, (DitCacheSearchConfig, DitCacheConfig)):
+        if config is not None and not isinstance(config, (DitCacheSearchConfig, DitCacheConfig, ComponentCacheConfig)):
             raise ValueError(
-                f"config must be a DitCacheSearchConfig, a DitCacheConfig or None, got {type(config).__name__}"
+                "config must be a DitCacheSearchConfig, a DitCacheConfig, a ComponentCacheConfig or None, got "
+                f"{type(config).__name__}"
             )
         chain = find_blocks(pipeline, dit_block_path)
         blocks = chain.blocks
@@ -59,25 +73,26 @@ class DitCacheAdaptor:
                     f"{chain.describe()}; leave it None or set it to {len(blocks)}"
                 )
             self.search_config = dataclasses.replace(config, dit_block_num=len(blocks))
-        elif isinstance(config, DitCacheConfig):
-            check_region(config, len(blocks))
+        elif config is not None:
+            check_fits(config, blocks)
 
         self.pipeline = pipeline
         self.chain = chain
         self.dit_block_path = ",".join(chain.paths)
         self.blocks = blocks
         self._lock = threading.Lock()
-        self._cache_config: Optional[DitCacheConfig] = None
+        self._cache_config: Optional[AnyCacheConfig] = None
         self._enabled = True
         self._restore_scheduler: Optional[Callable[[], None]] = None
         self.last_search: Any = None
 
         self._region = CachedRegion(chain)
         self._unwatch_timesteps = steps.watch_timesteps(chain.owner)  # the step signal of decorated loops
+        self._components: Optional[CachedComponents] = None
         scheduler = getattr(pipeline, "scheduler", None)
         if track_scheduler and scheduler is not None and callable(getattr(scheduler, "step", None)):
             self._restore_scheduler = steps.track_scheduler(scheduler)
-        if isinstance(config, DitCacheConfig):
+        if isinstance(config, (DitCacheConfig, ComponentCacheConfig)):
             self.set_cache_config(config)
 
     # --- the spec's API -----------------------------------------------------------------
@@ -136,17 +151,19 @@ class DitCacheAdaptor:
     # --- beyond the spec --------------------------------------------------------------
 
     @property
-    def cache_config(self) -> Optional[DitCacheConfig]:
+    def cache_config(self) -> Optional[AnyCacheConfig]:
         """The config in force, or ``None`` when none was given."""
         return self._cache_config
 
-    def set_cache_config(self, config: Optional[DitCacheConfig]) -> None:
+    def set_cache_config(self, config: Optional[AnyCacheConfig]) -> None:
         """Apply ``config`` (``None`` clears it) and turn caching on; drops cached tensors."""
         if config is not None:
-            if not isinstance(config, DitCacheConfig):
-                raise ValueError(f"config must be a DitCacheConfig or None, got {type(config).__name__}")
+            if not isinstance(config, (DitCacheConfig, ComponentCacheConfig)):
+                raise ValueError(
+                    f"config must be a DitCacheConfig, a ComponentCacheConfig or None, got {type(config).__name__}"
+                )
             self._check_attached()
-            check_region(config, len(self.blocks))
+            check_fits(config, self.blocks)
         with self._lock:
             self._cache_config = config
             self._enabled = True
@@ -173,6 +190,13 @@ class DitCacheAdaptor:
     def clear_cache(self) -> None:
         """Free every cached tensor, in every thread."""
         self._region.reset()
+        if self._components is not None:
+            self._components.reset()
+
+    @property
+    def cached_component_bytes(self) -> int:
+        """Bytes of sub-layer outputs a component schedule keeps in the calling thread (0 once a run ended)."""
+        return self._components.cached_bytes() if self._components is not None else 0
 
     @property
     def cached_passes(self) -> int:
@@ -185,6 +209,7 @@ class DitCacheAdaptor:
             return
         self._region.remove()
         self._unwatch_timesteps()
+        self._detach_components()
         if self._restore_scheduler is not None:
             self._restore_scheduler()
             self._restore_scheduler = None
@@ -201,18 +226,34 @@ class DitCacheAdaptor:
             raise ValueError("this DitCacheAdaptor was removed; create a new one to cache again")
 
     def _apply(self) -> None:
-        enabled = self._enabled and self.attached
-        self._region.apply(self._cache_config if enabled else None)
+        config = self._cache_config if self._enabled and self.attached else None
+        self._region.apply(config if isinstance(config, DitCacheConfig) else None)
+        self._detach_components()
+        if isinstance(config, ComponentCacheConfig):
+            self._components = CachedComponents(self.blocks, config)
+
+    def _detach_components(self) -> None:
+        if self._components is not None:
+            self._components.remove()
+            self._components = None
 
 
-def as_cache_config(config: Any) -> Optional[DitCacheConfig]:
-    """Accept a :class:`DitCacheConfig`, a dict, a path to a JSON file, or ``None``."""
-    if config is None or isinstance(config, DitCacheConfig):
+def cache_config_from_dict(data: Any, source: str = "config") -> AnyCacheConfig:
+    """A region config or a component schedule (SmoothCache's format), told apart by its values."""
+    if isinstance(data, Mapping) and is_component_schedule(data):
+        return ComponentCacheConfig.from_dict(data, source)
+    return DitCacheConfig.from_dict(data, source)
+
+
+def as_cache_config(config: Any) -> Optional[AnyCacheConfig]:
+    """Accept a cache config, a dict, a path to a JSON file (region config or component schedule), or ``None``."""
+    if config is None or isinstance(config, (DitCacheConfig, ComponentCacheConfig)):
         return config
     if isinstance(config, Mapping):
-        return DitCacheConfig.from_dict(config)
+        return cache_config_from_dict(config)
     if isinstance(config, (str, os.PathLike)):
-        return DitCacheConfig.load(config)
+        return cache_config_from_dict(read_json(config), f"cache config file {os.fspath(config)!r}")
     raise ValueError(
-        f"config must be a DitCacheConfig, a dict, a path to a JSON file or None, got {type(config).__name__}"
+        "config must be a DitCacheConfig, a ComponentCacheConfig, a dict, a path to a JSON file or None, got "
+        f"{type(config).__name__}"
     )

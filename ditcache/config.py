@@ -36,6 +36,17 @@ def check_number(field: str, value: Any, above: float) -> float:
     return float(value)
 
 
+def read_json(path: PathLike) -> Any:
+    """The JSON value in a cache config file; a missing or malformed file is a ``ValueError``."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"cache config file {os.fspath(path)!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"cache config file {os.fspath(path)!r} is not valid JSON: {err}") from None
+
+
 @dataclass(frozen=True)
 class DitCacheConfig:
     """Which blocks are reused on which steps.
@@ -120,14 +131,7 @@ class DitCacheConfig:
     @classmethod
     def load(cls, path: PathLike) -> "DitCacheConfig":
         """Read and validate a JSON config (the spec's four-key files included)."""
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            raise ValueError(f"cache config file {os.fspath(path)!r} does not exist") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"cache config file {os.fspath(path)!r} is not valid JSON: {err}") from None
-        return cls.from_dict(data, source=f"cache config file {os.fspath(path)!r}")
+        return cls.from_dict(read_json(path), source=f"cache config file {os.fspath(path)!r}")
 
 
 @dataclass

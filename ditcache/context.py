@@ -7,9 +7,10 @@ from typing import Any, Dict, Iterator, Union
 
 from .adaptor import DitCacheAdaptor, as_cache_config
 from .cache.blocks import BlockPath
+from .component_config import ComponentCacheConfig
 from .config import DitCacheConfig
 
-ConfigLike = Union[DitCacheConfig, Dict[str, Any], str, "os.PathLike[str]", None]
+ConfigLike = Union[DitCacheConfig, ComponentCacheConfig, Dict[str, Any], str, "os.PathLike[str]", None]
 
 
 @contextlib.contextmanager
@@ -22,8 +23,10 @@ def dit_cache(
     :mod:`ditcache.cache.blocks`); a path, or several separated by commas,
     names them.
 
-    ``config`` may be a :class:`DitCacheConfig`, a dict of its fields, a path to
-    a JSON file, or ``None`` (patched, caching off). Everything is checked
+    ``config`` may be a :class:`DitCacheConfig` (a block region), a
+    :class:`ComponentCacheConfig` (a sub-layer schedule, SmoothCache's format), a
+    dict of either, a path to a JSON file of either (told apart by its keys), or
+    ``None`` (patched, caching off). Everything is checked
     before any block is touched, and the blocks and the scheduler are restored
     exactly on exit, also when the body raises.
     """

@@ -68,6 +68,14 @@ class ReuseRule:
     name = ""
 
     def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
+        return self.keep(previous, step, {name: outputs[name] - inputs[name] for name in outputs})
+
+    def keep(self, previous: Optional[Stored], step: int, residual: Tensors) -> Stored:
+        """What a store step keeps of ``residual`` (a region's, or a sub-layer's own output)."""
+        raise NotImplementedError
+
+    def guess(self, stored: Stored, step: int) -> Tensors:
+        """The residual predicted at ``step``."""
         raise NotImplementedError
 
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
@@ -83,8 +91,11 @@ class Delta(ReuseRule):
 
     name = "delta"
 
-    def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
-        return Stored(step, {name: outputs[name] - inputs[name] for name in outputs})
+    def keep(self, previous: Optional[Stored], step: int, residual: Tensors) -> Stored:
+        return Stored(step, residual)
+
+    def guess(self, stored: Stored, step: int) -> Tensors:
+        return stored.residual
 
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         return {name: inputs[name] + stored.residual[name] for name in stored.residual}
@@ -115,9 +126,8 @@ class Taylor1(Delta):
 
     name = "taylor1"
 
-    def store(self, previous: Optional[Stored], step: int, inputs: Tensors, outputs: Tensors) -> Stored:
-        stored = super().store(previous, step, inputs, outputs)
-        residual = stored.residual
+    def keep(self, previous: Optional[Stored], step: int, residual: Tensors) -> Stored:
+        stored = super().keep(previous, step, residual)
         if (
             previous is not None and previous.step < step
             and all(previous.residual[name].shape == residual[name].shape for name in residual)
@@ -125,6 +135,12 @@ class Taylor1(Delta):
             distance = step - previous.step
             stored.slope = {name: (residual[name] - previous.residual[name]) / distance for name in residual}
         return stored
+
+    def guess(self, stored: Stored, step: int) -> Tensors:
+        if stored.slope is None:
+            return stored.residual
+        distance = step - stored.step
+        return {name: torch.add(stored.residual[name], stored.slope[name], alpha=distance) for name in stored.residual}
 
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         if stored.slope is None:
