@@ -8,7 +8,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, PixArtTransformer2DModel
 
 from ditcache import ComponentCacheConfig, DitCacheAdaptor, dit_cache, register_block_components, timestep_aware
+from ditcache import steps
 from ditcache.cache import components as components_module
+from tests import test_diffusers_models as diffusers_cases
 from tests.toy import ToyPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,10 +70,8 @@ def test_dit_pipeline_matches_smoothcache_bit_for_bit(tmp_path):
     assert (run_dit(pipe) == uncached).all()  # and the model is back as it was
 
 
-def two_forward_cfg(transformers, steps=STEPS, guidance=3.0):
+def two_forward_cfg(cond_model, uncond_model, scheduler, steps=STEPS, guidance=3.0):
     """DiT sampling with CFG as two transformer calls per step (cond, then uncond)."""
-    cond_model, uncond_model = transformers
-    scheduler = DDIMScheduler()
     gen = torch.Generator().manual_seed(4)
     latents = torch.randn(1, 4, 8, 8, generator=gen)
     scheduler.set_timesteps(steps)
@@ -81,7 +81,7 @@ def two_forward_cfg(transformers, steps=STEPS, guidance=3.0):
             cond = cond_model(latents, timestep=ts, class_labels=torch.tensor([1])).sample[:, :4]
             uncond = uncond_model(latents, timestep=ts, class_labels=torch.tensor([1000])).sample[:, :4]
             latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
-    return latents, scheduler
+    return latents
 
 
 class Holder:
@@ -98,52 +98,31 @@ def test_cfg_as_two_forwards_is_right_where_smoothcache_is_not():
     helpers = [smoothcache_helper(m, SMOOTH) for m in (cond_copy, uncond_copy)]
     for helper in helpers:
         helper.enable()
-    reference, _ = two_forward_cfg((cond_copy, uncond_copy))
+    reference = two_forward_cfg(cond_copy, uncond_copy, DDIMScheduler())
     for helper in helpers:
         helper.disable()
 
     shared = smoothcache_helper(model, SMOOTH)  # one model, two calls a step: its step count runs twice as fast
     shared.enable()
-    smoothcache_shared, _ = two_forward_cfg((model, model))
+    smoothcache_shared = two_forward_cfg(model, model, DDIMScheduler())
     shared.disable()
 
     scheduler = DDIMScheduler()
     holder = Holder(model, scheduler)
     with dit_cache(holder, SMOOTH):
-        ours = two_forward_cfg_with(holder)
+        ours = two_forward_cfg(model, model, scheduler)
     assert torch.equal(ours, reference)
     assert not torch.equal(smoothcache_shared, reference)
-
-
-def two_forward_cfg_with(holder, steps=STEPS, guidance=3.0):
-    """:func:`two_forward_cfg` on one model, through the holder's (tracked) scheduler."""
-    scheduler = holder.scheduler
-    gen = torch.Generator().manual_seed(4)
-    latents = torch.randn(1, 4, 8, 8, generator=gen)
-    scheduler.set_timesteps(steps)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            ts = t.expand(1)
-            cond = holder.transformer(latents, timestep=ts, class_labels=torch.tensor([1])).sample[:, :4]
-            uncond = holder.transformer(latents, timestep=ts, class_labels=torch.tensor([1000])).sample[:, :4]
-            latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
-    return latents
 
 
 # --- which sub-layers run, on blocks with all three (PixArt's BasicTransformerBlock) -------------------
 
 
-class PixArtPipe:
+class PixArtPipe(diffusers_cases.PixArtPipe):
     """DDIM with CFG as one batched forward or two; records which sub-layers really compute at each step."""
 
     def __init__(self):
-        torch.manual_seed(0)
-        self.transformer = PixArtTransformer2DModel(
-            sample_size=8, in_channels=4, out_channels=4, num_layers=3, attention_head_dim=8,
-            num_attention_heads=2, cross_attention_dim=16, caption_channels=12, patch_size=2,
-            norm_type="ada_norm_single", use_additional_conditions=False,
-        ).eval()
-        self.scheduler = DDIMScheduler()
+        super().__init__()
         self.log = []
         self.step = None
         for b, block in enumerate(self.transformer.transformer_blocks):
@@ -152,23 +131,32 @@ class PixArtPipe:
                 inner.register_forward_pre_hook(lambda *_, b=b, name=name: self.log.append((self.step, b, name)))
 
     @torch.no_grad()
-    def __call__(self, steps=STEPS, split_cfg=False, guidance=4.0):
+    def __call__(self, steps=STEPS, split_cfg=False):
         self.log.clear()
-        gen = torch.Generator().manual_seed(1)
-        latents = torch.randn(1, 4, 8, 8, generator=gen)
-        text = torch.randn(2, 5, 12, generator=gen)
+        latents, text = start_latents()
         self.scheduler.set_timesteps(steps)
         for self.step, t in enumerate(self.scheduler.timesteps):
-            if split_cfg:
-                cond, uncond = (
-                    self.transformer(latents, encoder_hidden_states=text[i : i + 1], timestep=t.expand(1), return_dict=False)[0]
-                    for i in (0, 1)
-                )
-            else:
-                out = self.transformer(torch.cat([latents] * 2), encoder_hidden_states=text, timestep=t.expand(2), return_dict=False)[0]
-                cond, uncond = out.chunk(2)
-            latents = self.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+            latents = cfg_step(self, latents, text, t, split_cfg)
         return latents
+
+
+def start_latents():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(1, 4, 8, 8, generator=gen), torch.randn(2, 5, 12, generator=gen)
+
+
+@torch.no_grad()
+def cfg_step(pipe, latents, text, t, split_cfg=True, guidance=4.0):
+    """One DDIM step with CFG as two forwards (``split_cfg``) or one batched forward."""
+    if split_cfg:
+        cond, uncond = (
+            pipe.transformer(latents, encoder_hidden_states=text[i : i + 1], timestep=t.expand(1), return_dict=False)[0]
+            for i in (0, 1)
+        )
+    else:
+        both = pipe.transformer(torch.cat([latents] * 2), encoder_hidden_states=text, timestep=t.expand(2), return_dict=False)[0]
+        cond, uncond = both.chunk(2)
+    return pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
 
 
 def expected_log(schedule, blocks, steps, passes):
@@ -190,7 +178,7 @@ def sorted_log(log):
 
 SCHEDULES = [
     {"attn1": [1, 0] * 4},
-    {"ff": [1, 0, 0, 1, 0, 0, 1, 1], "attn2-2": [1, 1, 0, 1, 0, 1, 0, 1]},
+    {"ff": [1, 0, 0, 1, 0, 0, 1, 1], "attn2-3": [1, 1, 0, 1, 0, 1, 0, 1]},
     {"attn1": [0] * 8, "attn2": [1, 0, 0, 0, 1, 0, 0, 0], "ff-0": [1] * 8, "ff": [1, 1, 1, 0, 1, 1, 1, 0]},
 ]
 
@@ -201,7 +189,7 @@ def test_sub_layers_compute_exactly_as_the_schedule_says(schedule, split_cfg):
     pipe = PixArtPipe()
     with dit_cache(pipe, schedule):
         pipe(split_cfg=split_cfg)
-    assert sorted_log(pipe.log) == sorted(expected_log(schedule, 3, STEPS, 2 if split_cfg else 1))
+    assert sorted_log(pipe.log) == sorted(expected_log(schedule, 4, STEPS, 2 if split_cfg else 1))
 
 
 def test_a_schedule_of_ones_is_bit_identical_and_exit_restores_exactly():
@@ -259,22 +247,27 @@ def test_outputs_are_kept_per_pass_freed_at_run_end_and_taylor1_keeps_twice_as_m
         pipe = PixArtPipe()
         with dit_cache(pipe, {"ff": [1, 0] * 4, "reuse": reuse}) as adaptor:
             seen = []
-            pipe.transformer.transformer_blocks[2].register_forward_hook(
+            pipe.transformer.transformer_blocks[3].register_forward_hook(
                 lambda *_: seen.append(adaptor.cached_component_bytes)
             )
             pipe(split_cfg=True)
             assert adaptor.cached_component_bytes == 0  # the run ended: freed
         sizes[reuse] = max(seen)
     one_output = 2 * 16 * 16 * 4  # two passes x (batch 1, 16 tokens, 16 channels) float32, per block
-    assert sizes["delta"] == 3 * one_output
+    assert sizes["delta"] == 4 * one_output
     assert sizes["taylor1"] == 2 * sizes["delta"]
+
+
+def tracked_run(schedule):
+    """The output of a split-CFG run whose steps come from the tracked scheduler."""
+    pipe = PixArtPipe()
+    with dit_cache(pipe, schedule):
+        return pipe(split_cfg=True)
 
 
 def test_every_step_source_gives_the_same_output():
     schedule = {"attn1": [1, 0] * 4, "ff-1": [1, 1, 0, 1, 0, 0, 1, 1]}
-    tracked = PixArtPipe()
-    with dit_cache(tracked, schedule):
-        by_scheduler = tracked(split_cfg=True)
+    by_scheduler = tracked_run(schedule)
 
     explicit = PixArtPipe()
     adaptor = DitCacheAdaptor(explicit, ComponentCacheConfig(schedule), track_scheduler=False)
@@ -284,7 +277,7 @@ def test_every_step_source_gives_the_same_output():
         latents, text = start_latents()
         for i, t in enumerate(explicit.scheduler.timesteps):
             DitCacheAdaptor.set_timestep_idx(i)
-            latents = split_step(explicit, latents, text, t)
+            latents = cfg_step(explicit, latents, text, t)
         return latents
 
     assert torch.equal(loop_explicit(), by_scheduler)
@@ -293,32 +286,16 @@ def test_every_step_source_gives_the_same_output():
     def loop(timesteps):
         latents, text = start_latents()
         for t in timesteps:
-            latents = split_step(explicit, latents, text, t)
+            latents = cfg_step(explicit, latents, text, t)
         return latents
 
     assert torch.equal(loop(explicit.scheduler.timesteps), by_scheduler)
     adaptor.remove()
 
 
-def start_latents():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(1, 4, 8, 8, generator=gen), torch.randn(2, 5, 12, generator=gen)
-
-
-@torch.no_grad()
-def split_step(pipe, latents, text, t, guidance=4.0):
-    cond, uncond = (
-        pipe.transformer(latents, encoder_hidden_states=text[i : i + 1], timestep=t.expand(1), return_dict=False)[0]
-        for i in (0, 1)
-    )
-    return pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
-
-
 def test_two_threads_keep_their_own_outputs():
     schedule = {"attn1": [1, 0] * 4, "ff": [1, 0, 0, 1, 0, 0, 1, 1]}
-    alone = PixArtPipe()
-    with dit_cache(alone, schedule):
-        expected = alone(split_cfg=True)
+    expected = tracked_run(schedule)
     shared = PixArtPipe()
     results = {}
     with dit_cache(shared, ComponentCacheConfig(schedule), dit_block_path="transformer.transformer_blocks"):
@@ -326,14 +303,12 @@ def test_two_threads_keep_their_own_outputs():
 
         def work(i):
             scheduler = DDIMScheduler()
-            from ditcache import steps
-
             restore = steps.track_scheduler(scheduler)
             scheduler.set_timesteps(STEPS)
             latents, text = start_latents()
             barrier.wait()
             for t in scheduler.timesteps:
-                latents = split_step(Holder(shared.transformer, scheduler), latents, text, t)
+                latents = cfg_step(Holder(shared.transformer, scheduler), latents, text, t)
             restore()
             results[i] = latents
 
