@@ -101,7 +101,8 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--png", help="also write a PNG contact sheet of the frames here")
     _add_model_flags(p)
     p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search`")
+    p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search` (a block "
+                   "region), or a component schedule (SmoothCache's format, e.g. from calibration)")
     p.add_argument(
         "--schedule-timestep", "--schedule_timestep", dest="schedule_timestep", metavar="FILE",
         help="sample at the timesteps of a ReStep schedule file (searched_schedule.txt); --steps may be omitted",

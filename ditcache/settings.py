@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
-from .config import REUSE_MODES, DitCacheConfig, DitCacheSearchConfig
+from .adaptor import AnyCacheConfig, as_cache_config
+from .config import REUSE_MODES, DitCacheSearchConfig
 
 DEFAULT_CACHE_RATIO: float = DitCacheSearchConfig.cache_ratio
 DEFAULT_REUSE: Sequence[str] = DitCacheSearchConfig.reuse_modes
@@ -77,7 +78,7 @@ class Sampling:
     """What a sampling run resolves to: its step count, its cache config, its custom timesteps."""
 
     num_steps: int
-    cache_config: Optional[DitCacheConfig]
+    cache_config: Optional[AnyCacheConfig]
     timesteps: Optional[List[float]]
 
 
@@ -90,7 +91,7 @@ def resolve_sampling(steps: Optional[int], cache_config_path: Optional[str], sch
     """
     cache_config = None
     if cache_config_path is not None:
-        cache_config = DitCacheConfig.load(_existing_file(flags.cache_config, cache_config_path))
+        cache_config = as_cache_config(_existing_file(flags.cache_config, cache_config_path))
     timesteps = None
     if schedule_path is not None:
         from .restep import read_schedule_timesteps

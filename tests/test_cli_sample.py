@@ -17,6 +17,19 @@ def test_sample_writes_video_and_sheet(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_sample_takes_a_component_schedule_file_and_its_step_count(tmp_path, capsys):
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text('{"attn1": [1, 0, 1], "ff-0": [1, 1, 0]}')
+    out = tmp_path / "clip.mp4"
+    code = main(["sample", "--prompt", "a green square moving left", "--out", str(out), "--width", "64",
+                 "--dit-cache-config", str(schedule), "--quiet"])
+    assert code == 0 and read_video(str(out)).shape == (8, 32, 64, 3)
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a green square moving left", "--out", str(out), "--steps", "4",
+              "--dit-cache-config", str(schedule), "--quiet"])
+    assert "searched for 3 steps, but this run has 4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

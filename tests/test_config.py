@@ -166,7 +166,7 @@ def test_bad_block_paths(path, match):
         ({**GOOD, "cache_num_blocks": 0}, "cache_num_blocks"),
         ({**GOOD, "cache_step_start": -1}, "cache_step_start"),
         ({**GOOD, "cache_block_start": False}, "cache_block_start"),
-        (42, "config must be a DitCacheConfig, a dict, a path"),
+        (42, "config must be a DitCacheConfig, a ComponentCacheConfig, a dict, a path"),
         ("/nonexistent/dir/cfg.json", "does not exist"),
     ],
 )

@@ -63,7 +63,8 @@ def sample_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sample_t2v_sp", description="Sample videos, optionally with the DiT cache.")
     _common(parser)
     accel = parser.add_argument_group("acceleration")
-    accel.add_argument("--dit_cache_config", default=None, help="JSON file from search_t2v_sp --search_type dit_cache")
+    accel.add_argument("--dit_cache_config", default=None, help="JSON file from search_t2v_sp --search_type dit_cache, or a "
+                       "component schedule (SmoothCache's format)")
     accel.add_argument("--schedule_timestep", default=None, help="timestep file from search_t2v_sp --search_type restep")
     return parser
 
