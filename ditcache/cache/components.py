@@ -164,7 +164,7 @@ class CachedComponents:
     def on_run_start(self, total: Optional[int]) -> None:
         self._state.reset()
 
-    def on_run_end(self) -> None:
+    def on_run_end(self, check: bool) -> None:
         self._state.reset()
 
     def _check_step(self, state: _State) -> int:
