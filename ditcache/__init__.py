@@ -6,6 +6,7 @@ from .adaptor import DitCacheAdaptor
 from .cache.blocks import register_family
 from .cache.components import register_block_components
 from .component_config import ComponentCacheConfig
+from .compile import compile_blocks
 from .config import DitCacheConfig, DitCacheSearchConfig
 from .context import dit_cache
 from .steps import timestep_aware
@@ -16,6 +17,7 @@ __all__ = [
     "DitCacheAdaptor",
     "DitCacheConfig",
     "DitCacheSearchConfig",
+    "compile_blocks",
     "dit_cache",
     "register_block_components",
     "register_block_outputs",

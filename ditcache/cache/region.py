@@ -8,7 +8,9 @@ prediction. Steps come from :mod:`ditcache.steps`.
 
 Patching shadows each block's ``forward`` with an instance attribute
 (:mod:`ditcache._patch`), so an unpatched model is bit-identical to one never
-patched.
+patched. Under ``torch.compile`` only the block's own forward is traced: the
+decisions (:meth:`CachedRegion.enter`, ``leave``, ``skipped``) run outside the
+graph (:mod:`ditcache.cache.graph`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .._patch import InstancePatch
 from ..config import DitCacheConfig
 from ..streams import BlockStreams, block_streams
 from .blocks import BlockChain, OrderCheck
+from .graph import graph_boundary, outside_graph
 from .reuse import ReuseRule, Stored, reuse_rule
 
 # Roles of a block in its segment of the region.
@@ -58,14 +61,16 @@ class CachedForward:
         self.index = index
         self.original = original
 
+    @graph_boundary
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        region = self.region
+        region, index = self.region, self.index
         if region.order_check is not None:
-            region.check_order(self.index)
-        role = region.roles[self.index]
-        if role is None:
+            region.check_order(index)
+        if region.roles[index] is None:
             return self.original(*args, **kwargs)
-        return region.forward(role, self.index, self.original, args, kwargs)
+        if not region.enter(index, args, kwargs):
+            return region.skipped(index, args, kwargs)
+        return region.leave(index, args, kwargs, self.original(*args, **kwargs))
 
 
 class CachedRegion:
@@ -114,6 +119,7 @@ class CachedRegion:
         self._rule = reuse_rule(config.reuse) if config is not None else None
         self.roles = tuple(roles)
 
+    @outside_graph
     def check_order(self, index: int) -> None:
         """Check a discovered chain's run order on its first pass (see :class:`OrderCheck`)."""
         check = self.order_check
@@ -201,11 +207,10 @@ class CachedRegion:
                 "the cache would never be used"
             )
 
-    def forward(
-        self, role: Tuple[str, int, bool], index: int, original: Callable[..., Any], args: Tuple[Any, ...],
-        kwargs: Dict[str, Any],
-    ) -> Any:
-        position, segment, first = role
+    @outside_graph
+    def enter(self, index: int, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        """Whether block ``index`` must run in this pass (its region role is not ``None``)."""
+        position, segment, first = self.roles[index]
         state = self._state
         if position in (_START, _ONLY):
             if first:
@@ -218,33 +223,41 @@ class CachedRegion:
                     state.start_inputs = inputs
                 else:  # a differently shaped call (other batch or resolution): compute it afresh
                     state.segment_mode = "store"
-        mode = state.segment_mode
-        if mode == "full":
-            return original(*args, **kwargs)
-        if mode == "store":
-            output = original(*args, **kwargs)
-            streams = self._streams_of(index, args, kwargs, output)
-            if position in (_START, _ONLY):
-                state.start_inputs = streams.inputs(args, kwargs)
-            aux = streams.aux(output)
-            if aux:
-                state.aux[(state.pass_index, index)] = aux
-            if position in (_END, _ONLY):
-                outputs = streams.unpack(output)
-                start_inputs = state.start_inputs
-                if start_inputs is None or not set(outputs) <= set(start_inputs):
-                    raise ValueError(
-                        f"blocks {self.chain.name(index)} and the first block of its part of the cache region carry "
-                        f"different streams ({sorted(start_inputs or {})} vs {sorted(outputs)}); declare the "
-                        "block's outputs with ditcache.register_block_outputs"
-                    )
-                key = (state.pass_index, segment)
-                inputs = {name: start_inputs[name] for name in outputs}
-                state.stored[key] = self._rule.store(state.stored.get(key), state.step, inputs, outputs)
-                state.start_inputs = None
+        return state.segment_mode != "reuse"
+
+    @outside_graph
+    def leave(self, index: int, args: Tuple[Any, ...], kwargs: Mapping[str, Any], output: Any) -> Any:
+        """Keep what a store pass needs of block ``index``'s real ``output``; returns it."""
+        position, segment, _ = self.roles[index]
+        state = self._state
+        if state.segment_mode == "full":
             return output
-        # reuse: hand the inputs on; the segment's last block returns the rule's prediction
-        streams = self._streams[index]
+        streams = self._streams_of(index, args, kwargs, output)
+        if position in (_START, _ONLY):
+            state.start_inputs = streams.inputs(args, kwargs)
+        aux = streams.aux(output)
+        if aux:
+            state.aux[(state.pass_index, index)] = aux
+        if position in (_END, _ONLY):
+            outputs = streams.unpack(output)
+            start_inputs = state.start_inputs
+            if start_inputs is None or not set(outputs) <= set(start_inputs):
+                raise ValueError(
+                    f"blocks {self.chain.name(index)} and the first block of its part of the cache region carry "
+                    f"different streams ({sorted(start_inputs or {})} vs {sorted(outputs)}); declare the "
+                    "block's outputs with ditcache.register_block_outputs"
+                )
+            key = (state.pass_index, segment)
+            inputs = {name: start_inputs[name] for name in outputs}
+            state.stored[key] = self._rule.store(state.stored.get(key), state.step, inputs, outputs)
+            state.start_inputs = None
+        return output
+
+    @outside_graph
+    def skipped(self, index: int, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """What block ``index`` returns on a reuse pass: its inputs, or at its segment's end the prediction."""
+        position, segment, _ = self.roles[index]
+        state, streams = self._state, self._streams[index]
         aux = state.aux.get((state.pass_index, index))
         if position in (_END, _ONLY):
             start_inputs = state.start_inputs
