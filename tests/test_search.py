@@ -100,8 +100,8 @@ def test_speedup_target_is_met_as_measured(tmp_path):
     assert all(r["psnr"] <= chosen["psnr"] for r in report.runs
                if r["predicted_speedup"] * shortfall >= 1.4 and r.get("confirmed_speedup", 1.4) >= 1.4)
     assert adaptor.cache_config is None  # the search leaves the adaptor as it found it
-    again = Calls()  # resumed from the journal: nothing is run or confirmed again
-    assert adaptor.search(again, prompts_num=2) == config and again.count == 0
+    again = Calls()  # resumed from the journal: one run checks the references, nothing is run or confirmed again
+    assert adaptor.search(again, prompts_num=2) == config and again.count == 1
     adaptor.remove()
     assert speedup(pipe, config) >= 1.4 * 0.97  # re-measured, interleaved (3% for timing noise)
 
@@ -173,9 +173,86 @@ def test_resume_skips_finished_runs(tmp_path):
     again = Calls()
     adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
     assert adaptor.search(again, prompts_num=2) == config
-    assert again.count == 0
-    with pytest.raises(ValueError, match="made for other settings"):
-        adaptor.search(again, prompts_num=1)
+    assert again.count == 1  # the run that checks the journal's references
+
+
+class Seeds(Calls):
+    """The same callable with other prompts (seeds)."""
+
+    def __init__(self, seeds):
+        super().__init__()
+        self.seeds = seeds
+
+    def __call__(self, pipe):
+        self.count += 1
+        return [to_video(pipe(num_inference_steps=STEPS, batch=1, tokens=256, seed=s)) for s in self.seeds]
+
+
+def test_journal_of_other_inputs_is_not_resumed(tmp_path, caplog):
+    settings = dict(min_psnr=30.0, num_sampling_steps=STEPS, journal_dir=str(tmp_path / "j"), confirm_pairs=0)
+    pipe = make_pipeline()
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(**settings))
+    adaptor.search(Seeds([0, 1]), prompts_num=2)
+    # other prompts, same weights, blocks, steps and journal: the references differ, so nothing is resumed
+    other = Seeds([5, 6])
+    with caplog.at_level("WARNING", logger="ditcache.search"):
+        adaptor.search(other, prompts_num=2)
+    report = adaptor.last_search
+    assert "is not resumed: the callable's uncached videos are not its reference videos" in caplog.text
+    assert report.resumed_runs == 0 and other.count == report.full_runs  # the check run, then a fresh search
+    config = report.config
+    adaptor.remove()
+    with dit_cache(pipe, config):  # the PSNR reported is the config's on the new prompts
+        cached = Seeds([5, 6])(pipe)
+    assert compare_videos(cached, Seeds([5, 6])(pipe))["psnr"] == pytest.approx(report.chosen["psnr"], abs=1e-6)
+
+    # other weights: the journal's key says so before any run
+    caplog.clear()
+    with torch.no_grad():
+        pipe.transformer.transformer_blocks[3].mlp[2].bias.add_(1e-3)
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(**settings))
+    calls = Seeds([5, 6])
+    with caplog.at_level("WARNING", logger="ditcache.search"):
+        adaptor.search(calls, prompts_num=2)
+    assert "made for other inputs (changed: weights)" in caplog.text
+    assert adaptor.last_search.resumed_runs == 0 and calls.count == adaptor.last_search.full_runs
+    adaptor.remove()
+
+
+def test_a_crafted_calibration_file_runs_no_code(tmp_path, caplog):
+    journal = tmp_path / "j"
+    settings = dict(min_psnr=30.0, num_sampling_steps=STEPS, journal_dir=str(journal), confirm_pairs=0)
+    adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(**settings))
+    adaptor.search(Calls(), prompts_num=2)  # a genuine journal, its fingerprint kept
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"videos": Payload()}, str(journal / "calibration.pt"))
+    calls = Calls()
+    with caplog.at_level("WARNING", logger="ditcache.search"):
+        adaptor.search(calls, prompts_num=2)
+    assert not marker.exists()
+    assert "calibration.pt is not a calibration this version can read safely" in caplog.text
+    assert adaptor.last_search.resumed_runs == 0 and calls.count == adaptor.last_search.full_runs
+    adaptor.remove()
+
+
+def test_a_journal_line_cut_short_does_not_swallow_the_next(tmp_path):
+    from ditcache.search.journal import Journal
+
+    directory = str(tmp_path / "j")
+    journal = Journal(directory, {"blocks": 8})
+    journal.add_run({"key": "a", "psnr": 30.0})
+    journal.add_run({"key": "b", "psnr": 31.0})
+    runs = os.path.join(directory, "runs.jsonl")
+    os.truncate(runs, os.path.getsize(runs) - 7)  # a crash in the middle of writing "b"
+    journal = Journal(directory, {"blocks": 8})
+    assert list(journal.runs) == ["a"]
+    journal.add_run({"key": "c", "psnr": 32.0})
+    assert list(Journal(directory, {"blocks": 8}).runs) == ["a", "c"]
 
 
 class Bad:

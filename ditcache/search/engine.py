@@ -29,7 +29,7 @@ from ..metrics import check_video, compare_videos, mse, psnr_from_mse
 from ..timing import module_device, timed
 from .recording import Calibration, CalibrationRecorder
 from .candidates import Candidate, best_for_target, enumerate_candidates, pareto_front
-from .journal import Journal
+from .journal import Journal, pipeline_modules, weights_fingerprint
 from .ranking import QualityModel
 from .report import SearchReport, logger, speedup_of
 
@@ -93,18 +93,11 @@ class CacheSearch:
             raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
         started = time.perf_counter()
         journal_dir = self.config.journal_dir if self.context.is_main else None
-        self.journal = Journal(
-            None if journal_dir is None else str(journal_dir),
-            {
-                "blocks": len(self.adaptor.blocks),
-                "num_sampling_steps": self.config.num_sampling_steps,
-                "prompts_num": prompts_num,
-            },
-        )
-        self._journalled = set(self.journal.runs)  # runs of an interrupted search, not yet counted
+        self.journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num))
         saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
         try:
             self.calibration = self._calibrate(run_videos, prompts_num)
+            self._journalled = set(self.journal.runs)  # runs of an interrupted search, not yet counted
             if self.context.is_main:
                 self.candidates = enumerate_candidates(self.calibration, self.config.cache_step_interval,
                                                        self.config.reuse_modes)
@@ -151,9 +144,23 @@ class CacheSearch:
 
     # --- calibration -------------------------------------------------------------------
 
+    def _inputs(self, prompts_num: int) -> Dict[str, Any]:
+        """What the journal is keyed by before any run: the blocks, steps and prompts, and the weights."""
+        if not self.context.is_main or self.config.journal_dir is None:
+            return {}
+        modules = pipeline_modules(self.adaptor.pipeline, self.adaptor.blocks)
+        return {
+            "blocks": len(self.adaptor.blocks),
+            "num_sampling_steps": self.config.num_sampling_steps,
+            "prompts_num": prompts_num,
+            "weights": weights_fingerprint(modules),
+        }
+
     def _calibrate(self, run_videos: RunVideos, prompts_num: int) -> Calibration:
         """Rank 0's uncached reference (from the journal, or measured), known to every rank that needs it."""
         loaded = self.journal.load_calibration() if self.context.is_main else None
+        if broadcast_object(loaded is not None):
+            loaded = self._check_references(loaded, run_videos, prompts_num)
         if broadcast_object(loaded is None):
             if self.context.is_main:
                 calibration = self._measure_calibration(run_videos, prompts_num)
@@ -177,6 +184,26 @@ class CacheSearch:
             broadcast_object((calibration.videos, calibration.full_seconds))
         return calibration
 
+    def _check_references(self, loaded: Optional[Calibration], run_videos: RunVideos,
+                          prompts_num: int) -> Optional[Calibration]:
+        """``loaded`` if one uncached run makes its reference videos again, else ``None`` (the journal set aside).
+
+        The weights and counts in the journal's key do not cover what the callable does (its
+        prompts, seed, guidance, scheduler, ...): the videos it makes do.
+        """
+        self.adaptor.disable()
+        videos = None
+        if self.context.is_main or self.sequence_parallel:
+            videos = self._timed(run_videos)[0]
+            self.full_runs += 1
+        if not self.context.is_main:
+            return None
+        videos = check_videos(videos, None, prompts_num)
+        differs = _difference(videos, loaded.videos)
+        if differs is None:
+            return loaded
+        self.journal.start_fresh(f"the callable's uncached videos are not its reference videos ({differs})")
+        return None
     def _measure_calibration(self, run_videos: RunVideos, prompts_num: int) -> Calibration:
         """The instrumented uncached run, then a clean one for timing and a determinism check."""
         self.adaptor.disable()
@@ -455,6 +482,19 @@ class CacheSearch:
             f"blocks {c.cache_block_start}..{c.cache_block_end}, from step {c.cache_step_start}, "
             f"interval {c.cache_step_interval}"
         )
+
+
+def _difference(videos: List[np.ndarray], references: List[np.ndarray]) -> Optional[str]:
+    """How ``videos`` differ from ``references`` beyond run-to-run noise, or ``None`` when they are the same."""
+    if len(videos) != len(references):
+        return f"{len(videos)} videos, the references {len(references)}"
+    for i, (video, reference) in enumerate(zip(videos, references)):
+        if video.shape != reference.shape:
+            return f"video {i} has shape {video.shape}, its reference {reference.shape}"
+    worst = max(mse(v, r) for v, r in zip(videos, references))
+    if worst > 0 and psnr_from_mse(worst) < NONDETERMINISM_FLOOR_DB:
+        return f"PSNR {psnr_from_mse(worst):.1f} dB between them"
+    return None
 
 
 def _thin(front: List[Candidate], step: float) -> List[Candidate]:
