@@ -15,6 +15,7 @@ from .cache.reuse import REUSE_RULES
 
 PathLike = Union[str, "os.PathLike[str]"]
 REUSE_MODES = tuple(REUSE_RULES)
+DEFAULT_CACHE_RATIO = 1.3
 
 
 def check_int(field: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
@@ -43,6 +44,12 @@ def read_json(path: PathLike) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         raise ValueError(f"cache config file {os.fspath(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"cache config file {os.fspath(path)!r} is a directory, not a JSON file") from None
+    except OSError as err:
+        raise ValueError(f"cache config file {os.fspath(path)!r} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cache config file {os.fspath(path)!r} is not a text (UTF-8 JSON) file") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"cache config file {os.fspath(path)!r} is not valid JSON: {err}") from None
 
@@ -139,7 +146,8 @@ class DitCacheSearchConfig:
     """What the cache search aims for.
 
     The spec's fields: ``cache_ratio`` is the end-to-end speedup target (any
-    value > 1.0; the search says when it cannot be reached); ``dit_block_num``
+    value > 1.0, 1.3 when neither it nor ``min_psnr`` is given; the search
+    says when it cannot be reached); ``dit_block_num``
     is filled in from the model when left ``None``; ``num_sampling_steps`` must
     match the runs searched on; ``cache_step_interval`` is the largest reuse
     interval the search tries (it tries every interval from 2 up to it);
@@ -159,7 +167,7 @@ class DitCacheSearchConfig:
     makes the search resumable.
     """
 
-    cache_ratio: float = 1.3
+    cache_ratio: Optional[float] = None
     dit_block_num: Optional[int] = None
     num_sampling_steps: Optional[int] = None
     cache_step_interval: int = 4
@@ -172,7 +180,14 @@ class DitCacheSearchConfig:
     reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
 
     def __post_init__(self) -> None:
-        self.cache_ratio = check_number("cache_ratio", self.cache_ratio, 1.0)
+        if self.min_psnr is None:
+            self.cache_ratio = DEFAULT_CACHE_RATIO if self.cache_ratio is None else check_number(
+                "cache_ratio", self.cache_ratio, 1.0)
+        elif self.cache_ratio is not None:
+            raise ValueError(
+                f"give either cache_ratio (a speedup target) or min_psnr (a quality floor), not both: got "
+                f"cache_ratio={self.cache_ratio!r}, min_psnr={self.min_psnr!r}"
+            )
         if self.dit_block_num is not None:
             check_int("dit_block_num", self.dit_block_num, 1)
         if self.num_sampling_steps is None:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
 from .adaptor import AnyCacheConfig, as_cache_config
-from .config import REUSE_MODES, DitCacheSearchConfig
+from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, DitCacheSearchConfig
 
-DEFAULT_CACHE_RATIO: float = DitCacheSearchConfig.cache_ratio
 DEFAULT_REUSE: Sequence[str] = DitCacheSearchConfig.reuse_modes
 REUSE_CHOICES: Sequence[str] = REUSE_MODES
 DEFAULT_STEPS = 50
@@ -138,7 +137,7 @@ def search_config(flags: Flags, *, config_path: str, num_sampling_steps: int, ca
                          "(a quality floor), not both")
     try:
         return DitCacheSearchConfig(
-            cache_ratio=DEFAULT_CACHE_RATIO if cache_ratio is None else cache_ratio, min_psnr=min_psnr,
+            cache_ratio=cache_ratio, min_psnr=min_psnr,
             num_sampling_steps=num_sampling_steps, cache_step_interval=max_interval, reuse_modes=tuple(reuse),
             confirm_pairs=confirm_pairs, candidates_to_run=candidates_to_run,
             journal_dir=journal_dir or journal_beside(config_path),

@@ -81,6 +81,11 @@ def test_unknown_and_missing_keys_and_malformed_json(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         DitCacheConfig.load(tmp_path / "list.json")
+    with pytest.raises(ValueError, match=f"cache config file '{tmp_path}' is a directory, not a JSON file"):
+        DitCacheConfig.load(tmp_path)
+    (tmp_path / "binary.json").write_bytes(bytes([0x80, 0xff, 0x00, 0x9c]) * 8)
+    with pytest.raises(ValueError, match=r"cache config file '.*binary\.json' is not a text \(UTF-8 JSON\) file"):
+        DitCacheConfig.load(tmp_path / "binary.json")
 
 
 def test_num_sampling_steps_bounds_the_step_start():
@@ -98,6 +103,8 @@ def test_num_sampling_steps_bounds_the_step_start():
         (dict(num_sampling_steps=1), "num_sampling_steps must be an int >= 2, got 1"),
         (dict(min_psnr=-3), "min_psnr must be a finite number > 0.0, got -3"),
         (dict(min_psnr="30"), "min_psnr"),
+        (dict(cache_ratio=2, min_psnr=30), "give either cache_ratio .* or min_psnr .* not both: got cache_ratio=2, min_psnr=30"),
+        (dict(cache_ratio=1.3, min_psnr=30), "not both"),
         (dict(candidates_to_run=0), "candidates_to_run must be an int >= 1, got 0"),
         (dict(confirm_pairs=-1), "confirm_pairs must be an int >= 0, got -1"),
         (dict(speed_margin=1.5), "speed_margin must be a number in"),
@@ -117,6 +124,7 @@ def test_search_config_validation(kwargs, match):
 
 def test_search_config_accepts_high_ratios():
     assert DitCacheSearchConfig(cache_ratio=3.5, num_sampling_steps=50).cache_ratio == 3.5
+    assert DitCacheSearchConfig(num_sampling_steps=50).cache_ratio == 1.3  # the spec's default target
 
 
 def unpatched(pipe):
