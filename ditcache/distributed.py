@@ -1,9 +1,17 @@
 """Processes, devices and collectives for torchrun, on CPU, CUDA and Ascend NPU.
 
 The device index comes from ``LOCAL_RANK`` (so multi-node runs work), the
-process-group backend follows the device (gloo, nccl, hccl), ``torch_npu`` is
-imported only when asked for or installed, and every collective has a timeout,
-so a failing rank makes the others fail promptly instead of hanging.
+process-group backend follows the device (gloo, nccl, hccl), and ``torch_npu`` is
+imported only when asked for or installed.
+
+The timeout is for dead or stuck ranks, not for long work: ranks often wait
+while rank 0 works alone (a ReStep search, saving files, timing the winner),
+for longer than any sensible timeout. So every rank beats a counter in the
+job's store, and a rank waiting for the others (:func:`broadcast_object`,
+:func:`all_gather_objects`, :func:`barrier`) first waits in the store until
+all have arrived, failing only when one of those still missing has shown no
+sign of life for the timeout. The collective itself then runs with every
+rank present, under the process group's timeout.
 """
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ import datetime
 import importlib
 import importlib.util
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -96,6 +106,60 @@ class DistributedContext:
         return self.world_size > 1
 
 
+class _Liveness:
+    """This rank's heartbeat in the job's store, and waits for the others that tell dead ranks from busy ones."""
+
+    PREFIX = "ditcache/liveness/"
+
+    def __init__(self, store: Any, rank: int, world_size: int, timeout_s: float) -> None:
+        self.store, self.rank, self.world_size, self.timeout_s = store, rank, world_size, timeout_s
+        self.arrivals = 0  # sync points passed; every rank passes them in the same order
+        self._stop = threading.Event()
+        beat_store = store.clone() if hasattr(store, "clone") else store  # its own connection, where possible
+        self._thread = threading.Thread(target=self._beat, args=(beat_store,), daemon=True,
+                                        name="ditcache-heartbeat")
+        self._thread.start()
+
+    def _beat(self, store: Any) -> None:
+        interval = min(5.0, self.timeout_s / 4)
+        while not self._stop.is_set():
+            try:
+                store.add(f"{self.PREFIX}beat/{self.rank}", 1)
+            except Exception:  # the store is gone: the job is ending, and waits will say so
+                return
+            self._stop.wait(interval)
+
+    def wait_for_all(self) -> None:
+        """Return once every rank has arrived here; raise if a missing one stopped beating for the timeout."""
+        key = f"{self.PREFIX}arrive/{self.arrivals}"
+        self.arrivals += 1
+        self.store.add(key, 1)
+        last_beat = {r: (self._beats(r), time.monotonic()) for r in range(self.world_size)}
+        pause = 0.001
+        while self.store.add(key, 0) < self.world_size:
+            time.sleep(pause)
+            pause = min(0.1, pause * 2)
+            now = time.monotonic()
+            for other, (count, since) in last_beat.items():
+                current = self._beats(other)
+                if current != count:
+                    last_beat[other] = (current, now)
+                elif now - since > self.timeout_s:
+                    raise RuntimeError(
+                        f"rank {other} stopped responding: no heartbeat for {self.timeout_s:g} s (--timeout) while "
+                        f"rank {self.rank} waited for every rank at sync point {self.arrivals - 1}; it died or hangs"
+                    )
+
+    def _beats(self, rank: int) -> int:
+        return self.store.add(f"{self.PREFIX}beat/{rank}", 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_liveness: Optional[_Liveness] = None
+
+
 def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
     """Pick the device and, under torchrun with several processes, join the process group."""
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
@@ -108,7 +172,15 @@ def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S)
             backend=BACKENDS[chosen.type], timeout=datetime.timedelta(seconds=timeout_s),
             rank=rank, world_size=world_size,
         )
+        global _liveness
+        _liveness = _Liveness(torch.distributed.distributed_c10d._get_default_store(), rank, world_size, timeout_s)
     return context
+
+
+def _wait_for_all() -> None:
+    """Wait until every rank reaches the same sync point, however long the others work (see the module's note)."""
+    if _liveness is not None:
+        _liveness.wait_for_all()
 
 
 def current_context() -> DistributedContext:
@@ -124,6 +196,7 @@ def broadcast_object(value: Any, source: int = 0) -> Any:
     if not current_context().enabled:
         return value
     box = [value]
+    _wait_for_all()
     torch.distributed.broadcast_object_list(box, src=source)
     return box[0]
 
@@ -134,6 +207,7 @@ def all_gather_objects(value: Any) -> List[Any]:
     if not context.enabled:
         return [value]
     out: List[Any] = [None] * context.world_size
+    _wait_for_all()
     torch.distributed.all_gather_object(out, value)
     return out
 
@@ -141,9 +215,14 @@ def all_gather_objects(value: Any) -> List[Any]:
 def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for in one process)."""
     if current_context().enabled:
+        _wait_for_all()
         torch.distributed.barrier()
 
 
 def destroy() -> None:
+    global _liveness
+    if _liveness is not None:
+        _liveness.stop()
+        _liveness = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -1,8 +1,15 @@
-"""Device selection and process-group settings, without accelerators."""
+"""Device selection, process-group settings and the timeout, without accelerators (real gloo processes)."""
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
 from ditcache.distributed import BACKENDS, DistributedContext, init_distributed, select_device
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
@@ -60,3 +67,67 @@ def test_malformed_rank_variables(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "one")
     with pytest.raises(ValueError, match="LOCAL_RANK must be a non-negative integer, got 'one'"):
         init_distributed("cpu")
+
+
+WORKING_ALONE_SCRIPT = """
+import time
+from ditcache.distributed import all_gather_objects, barrier, broadcast_object, destroy, init_distributed
+context = init_distributed("cpu", timeout_s=3)
+if context.rank == 0:
+    time.sleep(8)  # rank 0 works alone for longer than the timeout, as in a ReStep search
+assert broadcast_object("decided" if context.rank == 0 else None) == "decided"
+time.sleep(5 * context.rank)  # now rank 1 is the slow one
+assert all_gather_objects(context.rank) == [0, 1]
+if context.rank == 0:
+    time.sleep(5)  # writing the results
+barrier()
+destroy()
+print("rank", context.rank, "done")
+"""
+
+DYING_RANK_SCRIPT = """
+import os, signal
+from ditcache.distributed import broadcast_object, init_distributed
+context = init_distributed("cpu", timeout_s=3)
+if context.rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+broadcast_object("rank 0 waits here for rank 1")
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_timeout_spares_ranks_waiting_for_long_work(tmp_path):
+    script = tmp_path / "alone.py"
+    script.write_text(WORKING_ALONE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(_free_port()), str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 done" in result.stdout and "rank 1 done" in result.stdout
+
+
+def test_a_rank_that_dies_is_caught_by_the_timeout(tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text(DYING_RANK_SCRIPT)
+    port = _free_port()
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "RANK": str(rank),
+                              "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                              "MASTER_PORT": str(port)})
+        for rank in (0, 1)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert processes[1].returncode == -9
+    assert processes[0].returncode != 0
+    assert "rank 1 stopped responding: no heartbeat for 3 s" in outputs[0][1], outputs[0][1][-3000:]
+    assert time.perf_counter() - started < 60
