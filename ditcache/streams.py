@@ -6,15 +6,22 @@ diffusers' CogVideoX block returns ``(hidden_states, encoder_hidden_states)``,
 its Flux blocks ``(encoder_hidden_states, hidden_states)``. The cache needs the
 pairing to form ``delta = out - in`` per stream and to hand inputs on when
 blocks are skipped. Known classes are listed by name (so the core never imports
-diffusers); for others the pairing is read off the first call by shape.
+diffusers); for others the pairing is read off the first call: by shape, and
+where streams share a shape, by value (a block adds a residual to each stream,
+so an output lies far nearer the input it continues than the other one).
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
+
+# A pairing by value is taken only when its outputs lie this many times nearer
+# their inputs than under any other pairing; else it is ambiguous.
+CLEAR_PAIRING_FACTOR = 2.0
 
 # Output order of tuple-returning blocks, by class name. Entries name the input
 # each output continues; ``None`` marks an output that is not a stream.
@@ -120,16 +127,41 @@ def block_streams(block: torch.nn.Module, args: Tuple[Any, ...], kwargs: Mapping
         return BlockStreams(signature, primary, outputs)
     bound = signature.bind_partial(*args, **kwargs).arguments
     tensor_inputs = {key: value for key, value in bound.items() if isinstance(value, torch.Tensor)}
-    outputs = []
-    for k, value in enumerate(output):
-        if not isinstance(value, torch.Tensor):
-            outputs.append(None)
-            continue
-        matches = [key for key, tensor in tensor_inputs.items() if tensor.shape == value.shape and key not in outputs]
-        if len(matches) != 1:
+    return BlockStreams(signature, primary, _pair_by_shape_and_value(name, output, tensor_inputs))
+
+
+def _pair_by_shape_and_value(name: str, output: Any, tensor_inputs: Mapping[str, torch.Tensor]) -> Tuple[Optional[str], ...]:
+    """The input each output continues: the one pairing by shape, or the clearly nearest of several."""
+    slots = [k for k, value in enumerate(output) if isinstance(value, torch.Tensor)]  # others are handed on
+    options = [[key for key, tensor in tensor_inputs.items() if tensor.shape == output[k].shape] for k in slots]
+    pairings = [p for p in itertools.product(*options) if len(set(p)) == len(p)]
+    if not pairings:
+        k = next((k for k, found in zip(slots, options) if not found), slots[0])
+        raise ValueError(
+            f"cannot tell which input output {k} of block {name} continues (no input has its shape "
+            f"{tuple(output[k].shape)}); declare it with ditcache.register_block_outputs({name!r}, "
+            "(<input name per output>))"
+        )
+    if len(pairings) > 1:
+        distances = sorted((_distance(output, slots, pairing, tensor_inputs), pairing) for pairing in pairings)
+        (best, pairing), (runner_up, _) = distances[0], distances[1]
+        if not best * CLEAR_PAIRING_FACTOR <= runner_up:
+            k = next(k for k, found in zip(slots, options) if len(found) > 1)
             raise ValueError(
                 f"cannot tell which input output {k} of block {name} continues (inputs of the same shape: "
-                f"{matches}); declare it with ditcache.register_block_outputs({name!r}, (<input name per output>))"
+                f"{[key for key in tensor_inputs if tensor_inputs[key].shape == output[k].shape]}, and the "
+                f"outputs lie about as near each pairing: relative distances {best:.3g} and {runner_up:.3g}); "
+                f"declare it with ditcache.register_block_outputs({name!r}, (<input name per output>))"
             )
-        outputs.append(matches[0])
-    return BlockStreams(signature, primary, tuple(outputs))
+        pairings = [pairing]
+    paired = dict(zip(slots, pairings[0]))
+    return tuple(paired.get(k) for k in range(len(output)))
+
+
+def _distance(output: Any, slots: Any, pairing: Tuple[str, ...], tensor_inputs: Mapping[str, torch.Tensor]) -> float:
+    """Summed relative distance of each output from the input ``pairing`` gives it."""
+    total = 0.0
+    for k, key in zip(slots, pairing):
+        out, inp = output[k].detach().float(), tensor_inputs[key].detach().float()
+        total += ((out - inp).norm() / out.norm().clamp_min(1e-12)).item()
+    return total
