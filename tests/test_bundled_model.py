@@ -78,6 +78,25 @@ def test_every_scheduler_samples(name):
     assert a.max() > 0
 
 
+# Samplers of the same process agree on a video: the deterministic ones solve the same ODE, the
+# ancestral ones take the same noise. Each is checked against the first of its kind.
+ODE_SAMPLERS = ("euler", "ddim", "dpm_solver", "pndm")
+ANCESTRAL_SAMPLERS = ("euler_ancestral", "euler_ancestral_timesteps")
+
+
+@pytest.mark.slow
+def test_every_sampler_agrees_with_the_others_of_its_kind():
+    from ditcache.metrics import compare_videos
+
+    assert sorted(ODE_SAMPLERS + ANCESTRAL_SAMPLERS) == sorted(SCHEDULERS)  # a new sampler is checked too
+    kwargs = dict(num_inference_steps=20, seed=1, num_frames=4, progress=False)
+    for kind, floor_db in ((ODE_SAMPLERS, 30.0), (ANCESTRAL_SAMPLERS, 60.0)):
+        videos = {name: load_bundled_pipeline(scheduler=name)(PROMPTS, **kwargs).images for name in kind}
+        for name in kind[1:]:
+            psnr = compare_videos(list(videos[name]), list(videos[kind[0]]))["psnr"]
+            assert psnr >= floor_db, f"{name} is {psnr:.1f} dB from {kind[0]}"
+
+
 def test_guidance_is_one_batched_forward_per_step(pipe):
     batches = []
     hook = pipe.transformer.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))

@@ -48,8 +48,9 @@ NOISE_SCHEDULE: Dict[str, Any] = {
     "prediction_type": "v_prediction",
     "timestep_spacing": "trailing",
 }
-# Per-sampler settings that are not part of the shared noise schedule.
-_SAMPLER_OPTIONS: Dict[str, Dict[str, Any]] = {"pndm": {"skip_prk_steps": True}}
+# Per-sampler settings that are not part of the shared noise schedule. DDIM clips its x0 estimate to
+# [-1, 1] by default, which this v-prediction schedule does not want (the videos broke).
+_SAMPLER_OPTIONS: Dict[str, Dict[str, Any]] = {"pndm": {"skip_prk_steps": True}, "ddim": {"clip_sample": False}}
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 2.0  # best prompt fidelity of the shipped weights (docs/benchmarks.md: 2 to 7 compared)
 BUNDLED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
