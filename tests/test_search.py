@@ -268,7 +268,9 @@ class Bad:
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda n, v: np.stack(v), "must return a list of numpy arrays, got ndarray"),
+        (lambda n, v: "videos", "must return a list of numpy arrays or a batched uint8 array, got str"),
+        (lambda n, v: np.stack(v)[:, 0], r"returned an array of uint8 with shape \(2, 8, 8, 4\); a batch of videos"),
+        (lambda n, v: np.stack(v).astype(np.float32), "returned an array of float32 .* must be uint8"),
         (lambda n, v: [torch.from_numpy(x) for x in v], "must be a numpy array, got Tensor"),
         (lambda n, v: [x.astype(np.float32) for x in v], "must be uint8 .* got float32"),
         (lambda n, v: [x[0] for x in v], r"got uint8 with shape \(8, 8, 4\)"),
@@ -282,6 +284,18 @@ def test_bad_callables_are_clear_errors(make, match):
     adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(num_sampling_steps=STEPS))
     with pytest.raises(ValueError, match=match):
         adaptor.search(Bad(make), prompts_num=2)
+    adaptor.remove()
+
+
+@pytest.mark.parametrize("batch", [np.stack, lambda v: torch.from_numpy(np.stack(v))], ids=["array", "tensor"])
+def test_a_batched_uint8_array_or_tensor_is_that_many_videos(batch):
+    """The spec's example returns ``pipeline(...).images``, one (B, T, H, W, C) array."""
+    adaptor = DitCacheAdaptor(make_pipeline(), DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=STEPS,
+                                                                    confirm_pairs=0))
+    as_list = Calls()
+    adaptor.search(lambda pipe: batch(as_list(pipe)), prompts_num=2)
+    report = adaptor.last_search
+    assert report.chosen["psnr"] >= 30.0 and len(report.calibration["block_seconds"]) == 8
     adaptor.remove()
 
 

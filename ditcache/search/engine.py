@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..config import DitCacheConfig, DitCacheSearchConfig
@@ -42,11 +43,25 @@ CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measur
 
 
 def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_num: int) -> List[np.ndarray]:
-    """The callable's return, checked: a list of uint8 (frames, h, w, c) arrays matching the calibration."""
+    """The callable's return, checked: a list of uint8 (frames, h, w, c) arrays matching the calibration.
+
+    A batch, one uint8 ``(videos, frames, h, w, c)`` array or tensor (what a pipeline's ``.images``
+    holds), counts as that many videos.
+    """
+    if isinstance(videos, torch.Tensor):
+        videos = videos.detach().cpu().numpy()
+    if isinstance(videos, np.ndarray):
+        if videos.dtype != np.uint8 or videos.ndim != 5:
+            raise ValueError(
+                f"run_pipeline_and_save_videos returned an array of {videos.dtype} with shape {videos.shape}; a "
+                "batch of videos must be uint8 with shape (videos, frames, height, width, channels), or return "
+                "a list of uint8 (frames, height, width, channels) arrays"
+            )
+        videos = list(videos)
     if not isinstance(videos, list):
         raise ValueError(
-            f"run_pipeline_and_save_videos must return a list of numpy arrays, got {type(videos).__name__}; "
-            "return e.g. [video for video in output.images] with each video a uint8 (frames, h, w, c) array"
+            f"run_pipeline_and_save_videos must return a list of numpy arrays or a batched uint8 array, got "
+            f"{type(videos).__name__}; return e.g. output.images, a uint8 (videos, frames, h, w, c) array"
         )
     for i, video in enumerate(videos):
         check_video(video, f"video {i} returned by run_pipeline_and_save_videos")
