@@ -56,7 +56,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--fps", type=int, default=8)
     run.add_argument("--save_img_path", default="./sample_videos")
     run.add_argument("--device", choices=DEVICES, default="auto")
-    run.add_argument("--timeout", type=float, default=1800.0, help="seconds before a stuck collective fails")
+    run.add_argument("--timeout", type=float, default=1800.0, help="seconds without a sign of life from a rank before the job fails (long work on one rank is not a timeout)")
 
 
 def sample_parser() -> argparse.ArgumentParser:
