@@ -10,8 +10,8 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from .config import DitCacheSearchConfig
-from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, for_timesteps,
-                       resolve_sampling, search_config)
+from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, check_device, check_guidance,
+                       check_output_file, check_output_folder, for_timesteps, name_flag, resolve_sampling, search_config)
 
 # Pipeline argument names -> the flags that set them, so errors name what the user typed.
 _FLAG_FOR_ARGUMENT: Dict[str, str] = {
@@ -26,12 +26,18 @@ _FLAG_FOR_ARGUMENT: Dict[str, str] = {
 }
 
 
-def _name_flag(message: str) -> str:
-    """Rewrite a leading ``argument=value`` in an error message as ``--flag value``."""
-    for argument, flag in _FLAG_FOR_ARGUMENT.items():
-        if message.startswith(argument + "="):
-            return f"{flag} {message[len(argument) + 1:]}"
-    return message
+def _check_request(args: argparse.Namespace, prompts: List[str], prompt_flag: str, steps: int) -> None:
+    """Everything the bundled model would refuse, before it loads."""
+    from .models.pipeline import DEFAULT_GUIDANCE, check_request
+
+    check_device("--device", args.device)
+    check_guidance("--guidance", args.guidance)
+    try:
+        check_request(args.model, prompts, args.frames, args.height, args.width, steps,
+                      DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(f"{prompt_flag}: {message}" if message.startswith("prompt ") else message) from None
 
 
 def _run_sample(args: argparse.Namespace) -> None:
@@ -44,19 +50,15 @@ def _run_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out!r} is invalid: it must be an .mp4 path")
     if args.png is not None and not args.png.lower().endswith(".png"):
         raise ValueError(f"--png {args.png!r} is invalid: it must be a .png path")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is invalid: {err}") from None
+    check_output_file("--out", args.out)
+    if args.png is not None:
+        check_output_file("--png", args.png)
     sampling = resolve_sampling(args.steps, args.dit_cache_config, args.schedule_timestep, CLI_FLAGS,
                                 default_steps=DEFAULT_STEPS)
-    pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=device)
+    _check_request(args, [args.prompt], "--prompt", sampling.num_steps)
+    pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=torch.device(args.device))
     if sampling.timesteps is not None:
         pipe.scheduler = for_timesteps(pipe.scheduler)
-    try:
-        pipe.tokenizer(args.prompt)
-    except ValueError as err:
-        raise ValueError(f"--prompt: {err}") from None
     from . import dit_cache
 
     with dit_cache(pipe, sampling.cache_config):
@@ -141,12 +143,10 @@ def _run_search(args: argparse.Namespace) -> None:
         min_psnr=args.min_psnr, max_interval=args.max_interval, reuse=args.reuse, confirm_pairs=args.confirm_pairs,
         candidates_to_run=args.candidates_to_run, journal_dir=args.journal,
     )
+    check_output_file("--out", args.out)
+    check_output_folder("--journal", config.journal_dir)
+    _check_request(args, prompts, "--prompts", steps)
     pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=args.device)
-    for prompt in prompts:
-        try:
-            pipe.tokenizer(prompt)
-        except ValueError as err:
-            raise ValueError(f"--prompts: {err}") from None
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
 
     def run_pipeline_and_save_videos(pipeline):
@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.handler(args)
     except ValueError as err:
-        parser.exit(2, f"ditcache {args.command}: error: {_name_flag(str(err))}\n")
+        parser.exit(2, f"ditcache {args.command}: error: {name_flag(str(err), _FLAG_FOR_ARGUMENT)}\n")
     return 0
 
 

@@ -7,8 +7,9 @@ config or a schedule file) live once, here, and run before any model loads. Depe
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from .adaptor import AnyCacheConfig, as_cache_config
 from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, DitCacheSearchConfig
@@ -61,9 +62,70 @@ def check_positive(flag: str, value: Optional[float]) -> None:
 
 
 def check_guidance(flag: str, value: Optional[float]) -> None:
-    """A classifier-free guidance scale (when given) must be >= 1 (1 disables guidance); nan is refused too."""
-    if value is not None and not value >= 1.0:
-        raise ValueError(f"{flag} must be >= 1 (1 disables guidance), got {value}")
+    """A classifier-free guidance scale (when given) must be finite and >= 1 (1 disables guidance)."""
+    if value is not None and not 1.0 <= value < float("inf"):
+        raise ValueError(f"{flag} must be a finite number >= 1 (1 disables guidance), got {value}")
+
+
+def check_device(flag: str, device: str) -> None:
+    """A device this machine has: ``cuda`` on a CPU-only torch is an error here, not an assertion at load."""
+    import torch
+
+    from .distributed import DEVICES, select_device
+
+    if device in DEVICES:
+        kind, index = device, 0
+    else:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"{flag} {device!r} is invalid: {err}") from None
+        if parsed.type not in DEVICES:
+            return  # a device kind torch knows and ditcache does not pick (mps, xpu, ...)
+        kind, index = parsed.type, parsed.index or 0
+    try:
+        select_device(kind, index)
+    except ValueError as err:
+        raise ValueError(f"{flag} {device!r}: {err}") from None
+
+
+def _writable_folder(flag: str, folder: str) -> None:
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: folder {folder!r} does not exist")
+    try:  # a real write: permission bits do not tell for root, nor on a read-only file system
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ValueError(f"{flag}: folder {folder!r} is not writable ({err.strerror or err})") from None
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """``path`` can be written (checked before any work, so a finished run is not lost at the end)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file path")
+    _writable_folder(flag, os.path.dirname(os.path.abspath(path)))
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path!r} exists and is not writable")
+
+
+def check_output_folder(flag: str, path: str) -> None:
+    """``path`` is, or can be made, a writable folder (checked before any work)."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a file; give a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path!r} cannot be made: {existing!r} is a file")
+    _writable_folder(flag, existing)
+
+
+def name_flag(message: str, flags: Mapping[str, str]) -> str:
+    """Rewrite a leading ``argument=value`` in an error message as ``--flag value``."""
+    for argument, flag in flags.items():
+        if message.startswith(argument + "="):
+            return f"{flag} {message[len(argument) + 1:]}"
+    return message
 
 
 def _existing_file(flag: str, path: str) -> str:

@@ -37,15 +37,41 @@ def test_sample_takes_a_component_schedule_file_and_its_step_count(tmp_path, cap
         (["--prompt", "a red circle moving up", "--scheduler", "heun"], "--scheduler: invalid choice: 'heun'"),
         (["--prompt", "a red circle moving up", "--frames", "5"], "--frames 5 is invalid"),
         (["--prompt", "a red circle moving up", "--steps", "0"], "--steps 0 is invalid"),
-        (["--prompt", "a red circle moving up", "--guidance", "0"], "--guidance 0.0 is invalid"),
+        (["--prompt", "a red circle moving up", "--guidance", "0"], "--guidance must be a finite number >= 1"),
+        (["--prompt", "a red circle moving up", "--guidance", "nan"], "--guidance must be a finite number >= 1 .*got nan"),
+        (["--prompt", "a red circle moving up", "--guidance", "inf"], "--guidance must be a finite number >= 1 .*got inf"),
+        (["--prompt", "a red circle moving up", "--frames", "3"], "--frames 3 is invalid"),
+        (["--prompt", "a red circle moving up", "--height", "36"], "--height 36 is invalid: must be >= 32 and a multiple of 8"),
+        (["--prompt", "a red circle moving up", "--png", "/proc/sheet.png"], "--png: folder '/proc' is not writable"),
+        (["--prompt", "a red circle moving up", "--device", "cuda"], "--device 'cuda': .* no CUDA device"),
+        (["--prompt", "a red circle moving up", "--device", "warp"], "--device 'warp' is invalid"),
     ],
 )
-def test_bad_flags_are_named(tmp_path, capsys, flags, message):
+def test_bad_flags_are_named(tmp_path, capsys, flags, message, monkeypatch):
+    import ditcache.models.pipeline as pipeline
+    import torch
+
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    loads = []  # every bad flag is refused before the model loads
+    monkeypatch.setattr(pipeline, "load_bundled_pipeline", lambda *a, **k: loads.append(1))
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--out", str(tmp_path / "x.mp4"), "--quiet"] + flags)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "x.mp4").exists()
+    assert not (tmp_path / "x.mp4").exists() and not loads
+
+
+@pytest.mark.parametrize("out", ["/proc/clip.mp4", "{tmp}/folder.mp4"])
+def test_an_unwritable_out_is_refused_before_sampling(tmp_path, capsys, out, monkeypatch):
+    import ditcache.models.pipeline as pipeline
+
+    (tmp_path / "folder.mp4").mkdir()
+    loads = []
+    monkeypatch.setattr(pipeline, "load_bundled_pipeline", lambda *a, **k: loads.append(1))
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a red circle moving up", "--out", out.format(tmp=tmp_path)])
+    assert re.search("--out.* (is not writable|is a directory)", capsys.readouterr().err) and not loads
 
 
 def test_out_must_be_mp4(tmp_path, capsys):

@@ -34,23 +34,36 @@ def test_search_then_sample_with_the_config(tmp_path):
         (["search", "--prompts", "/nonexistent/prompts.txt"], "--prompts '/nonexistent/prompts.txt' cannot be read"),
         (["search", "--cache-ratio", "0.9"], "--cache-ratio must be a finite number > 1.0, got 0.9"),
         (["search", "--reuse", "taylor9"], "invalid choice: 'taylor9'"),
+        (["search", "--cache-ratio", "nan"], "--cache-ratio must be a finite number > 1.0, got nan"),
+        (["search", "--guidance", "inf"], "--guidance must be a finite number >= 1 (1 disables guidance), got inf"),
+        (["search", "--height", "36"], "--height 36 is invalid"),
+        (["search", "--out", "/proc/c.json"], "--out: folder '/proc' is not writable"),
+        (["search", "--journal", "/proc/j"], "--journal: folder '/proc' is not writable"),
     ],
 )
 def test_bad_search_input(argv, message, capsys, tmp_path, monkeypatch):
+    import ditcache.models.pipeline as pipeline
+
+    loads = []  # every bad input is refused before the model loads
+    monkeypatch.setattr(pipeline, "load_bundled_pipeline", lambda *a, **k: loads.append(1))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in capsys.readouterr().err and not loads
 
 
-def test_unknown_words_in_the_prompts_file(tmp_path, capsys):
+def test_unknown_words_in_the_prompts_file(tmp_path, capsys, monkeypatch):
+    import ditcache.models.pipeline as pipeline
+
+    loads = []
+    monkeypatch.setattr(pipeline, "load_bundled_pipeline", lambda *a, **k: loads.append(1))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a purple circle moving right\n")
     with pytest.raises(SystemExit):
         main(["search", "--prompts", str(prompts), "--out", str(tmp_path / "c.json")])
     error = capsys.readouterr().err
-    assert "--prompts:" in error and "purple" in error
+    assert "--prompts:" in error and "purple" in error and not loads
 
 
 def test_sample_refuses_a_config_for_other_steps(tmp_path, capsys):

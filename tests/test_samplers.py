@@ -112,13 +112,22 @@ def test_sequence_parallel_output_matches_one_process(tmp_path):
         (["--text_prompt", "x", "--cache_save_path", "/nonexistent/dir/c.json"], "folder '/nonexistent/dir'"),
         (["--text_prompt", "x", "--cache_ratio", "nan"], "--cache_ratio must be a finite number > 1.0, got nan"),
         (["--text_prompt", "x", "--min_psnr", "nan"], "--min_psnr must be a finite number > 0.0, got nan"),
-        (["--text_prompt", "x", "--guidance_scale", "nan"], "--guidance_scale must be >= 1"),
+        (["--text_prompt", "x", "--guidance_scale", "nan"], "--guidance_scale must be a finite number >= 1"),
+        (["--text_prompt", "x", "--guidance_scale", "inf"], "--guidance_scale must be a finite number >= 1 (1 disables guidance), got inf"),
+        ([*PROMPTS[:1], "--num_frames", "3"], "--num_frames 3 is invalid: must be >= 2 and a multiple of 2"),
+        ([*PROMPTS[:1], "--height", "36"], "--height 36 is invalid: must be >= 32 and a multiple of 8"),
+        (["a mauve circle moving right"], "--text_prompt: prompt 'a mauve circle moving right' has unknown words"),
+        ([*PROMPTS[:1], "--cache_save_path", "/proc/c.json"], "--cache_save_path: folder '/proc' is not writable"),
+        ([*PROMPTS[:1], "--cache_save_path", "/tmp"], "--cache_save_path '/tmp' is a directory"),
+        ([*PROMPTS[:1], "--journal_dir", "/proc/j"], "--journal_dir: folder '/proc' is not writable"),
         (["--text_prompt", "x", "--cache_step_interval", "1"], "--cache_step_interval must be an int >= 2, got 1"),
         (["--text_prompt", "x", "--reuse", "taylor9"], "invalid choice: 'taylor9'"),
         (["--text_prompt", "x", "--reuse", "delta", "delta"], "--reuse must be a non-empty list of distinct"),
     ],
 )
 def test_bad_search_flags_fail_before_any_model_loads(argv, message, capsys):
+    if argv[0] != "--text_prompt":
+        argv = ["--text_prompt", *argv]
     started = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:
         parse("search", argv)
@@ -127,12 +136,29 @@ def test_bad_search_flags_fail_before_any_model_loads(argv, message, capsys):
     assert time.perf_counter() - started < 2
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--save_img_path", "/proc/videos"], "--save_img_path: folder '/proc' is not writable"),
+        (["--save_img_path", __file__], "is a file; give a folder"),
+        (["--device", "cuda"], "--device 'cuda': device 'cuda' was asked for, but this machine has no CUDA device"),
+    ],
+)
+def test_bad_sample_flags_fail_before_any_model_loads(argv, message, capsys):
+    if message.startswith("--device") and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exit_info:
+        parse("sample", ["--text_prompt", PROMPTS[0], *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_search_flags_resolve_into_the_search_config(tmp_path):
-    config = parse("search", ["--text_prompt", "x", "--reuse", "delta", "--min_psnr", "30",
+    config = parse("search", ["--text_prompt", PROMPTS[0], "--reuse", "delta", "--min_psnr", "30",
                               "--cache_save_path", str(tmp_path / "c.json")]).search_config
     assert config.reuse_modes == ("delta",) and config.min_psnr == 30.0 and config.num_sampling_steps == 50
     assert config.journal_dir == str(tmp_path / "c.journal")
-    assert parse("search", ["--text_prompt", "x"]).search_config.reuse_modes == ("delta", "taylor1")
+    assert parse("search", ["--text_prompt", PROMPTS[0]]).search_config.reuse_modes == ("delta", "taylor1")
 
 
 def test_bad_sample_flags(tmp_path, capsys):
@@ -145,7 +171,7 @@ def test_bad_sample_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse("sample", ["--text_prompt", "x", "--dit_cache_config", str(tmp_path / "bad.json")])
     assert "missing keys" in capsys.readouterr().err
-    assert parse("sample", ["--text_prompt", "x", "--dit_cache_config", str(config)]).num_sampling_steps == 20
+    assert parse("sample", ["--text_prompt", PROMPTS[0], "--dit_cache_config", str(config)]).num_sampling_steps == 20
 
 
 def test_open_sora_plan_backend_says_how_to_install_it(tmp_path):

@@ -145,15 +145,7 @@ class ShapesPipeline:
     # -- sampling ---------------------------------------------------------------------------------
     def _check_inputs(self, num_frames: int, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
         cfg = self.transformer.config
-        if num_frames < 2 or num_frames % cfg.patch_size_t:
-            raise ValueError(f"num_frames={num_frames} is invalid: must be >= 2 and a multiple of {cfg.patch_size_t}")
-        for name, value in (("height", height), ("width", width)):
-            if value < MIN_SIZE or value % cfg.patch_size:
-                raise ValueError(f"{name}={value} is invalid: must be >= {MIN_SIZE} and a multiple of {cfg.patch_size}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps={num_inference_steps} is invalid: must be >= 1")
-        if guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale={guidance_scale} is invalid: must be >= 1 (1 disables guidance)")
+        check_sizes(cfg.patch_size_t, cfg.patch_size, num_frames, height, width, num_inference_steps, guidance_scale)
 
     def _set_timesteps(self, num_inference_steps: int, timesteps: Optional[Sequence[int]]) -> torch.Tensor:
         if timesteps is None:
@@ -241,6 +233,32 @@ def weights_fingerprint(path: str = BUNDLED_WEIGHTS) -> str:
             with open(os.path.join(root, name), "rb") as handle:
                 digest.update(name.encode() + handle.read())
     return digest.hexdigest()[:12]
+
+
+def check_sizes(patch_size_t: int, patch_size: int, num_frames: int, height: int, width: int,
+                num_inference_steps: int, guidance_scale: float) -> None:
+    """The sampling arguments a model of these patch sizes can take, or a ValueError naming the first that is not."""
+    if num_frames < 2 or num_frames % patch_size_t:
+        raise ValueError(f"num_frames={num_frames} is invalid: must be >= 2 and a multiple of {patch_size_t}")
+    for name, value in (("height", height), ("width", width)):
+        if value < MIN_SIZE or value % patch_size:
+            raise ValueError(f"{name}={value} is invalid: must be >= {MIN_SIZE} and a multiple of {patch_size}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps={num_inference_steps} is invalid: must be >= 1")
+    if not 1.0 <= guidance_scale < float("inf"):
+        raise ValueError(f"guidance_scale={guidance_scale} is invalid: must be a finite number >= 1 (1 disables guidance)")
+
+
+def check_request(path: Optional[str], prompts: Sequence[str], num_frames: int, height: int, width: int,
+                  num_inference_steps: int, guidance_scale: float) -> None:
+    """What :meth:`ShapesPipeline.__call__` would refuse, checked from the saved configs before any weights load."""
+    path = BUNDLED_WEIGHTS if path is None else path
+    if not os.path.isdir(os.path.join(path, "transformer")):
+        raise ValueError(f"path={path!r} is not a saved pipeline: it has no 'transformer' subfolder")
+    config = ShapesT2V.load_config(os.path.join(path, "transformer"))
+    check_sizes(config["patch_size_t"], config["patch_size"], num_frames, height, width,
+                num_inference_steps, guidance_scale)
+    ShapesTokenizer.from_pretrained(os.path.join(path, "tokenizer"))(list(prompts))
 
 
 def load_bundled_pipeline(

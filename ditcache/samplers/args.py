@@ -8,8 +8,9 @@ from typing import List, Optional
 from ditcache.config import DitCacheSearchConfig
 from ditcache.distributed import DEVICES
 from ditcache.restep.config import METHODS, ReStepSearchConfig
-from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, check_guidance,
-                               check_positive, resolve_sampling, search_config)
+from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, check_device,
+                               check_guidance, check_output_file, check_output_folder, check_positive, name_flag,
+                               resolve_sampling, search_config)
 
 # Open-Sora-Plan's --sample_method names, and the bundled pipeline's scheduler for each.
 SAMPLE_METHODS = {
@@ -20,6 +21,11 @@ SAMPLE_METHODS = {
     "EulerDiscrete": "euler",
 }
 MODEL_TYPES = ("bundled", "osp", "dit", "udit", "diffusers")
+BUNDLED_FRAMES, BUNDLED_SIZE = 8, 32  # the bundled model's clip when --num_frames / --height / --width are omitted
+# The bundled pipeline's argument names -> these flags, so its errors name what the user typed.
+_FLAG_FOR_ARGUMENT = {"num_frames": "--num_frames", "height": "--height", "width": "--width",
+                      "num_inference_steps": "--num_sampling_steps", "guidance_scale": "--guidance_scale",
+                      "path": "--model_path"}
 OSP_ONLY = ("ae", "ae_path", "text_encoder_name", "tile_overlap_factor", "enable_tiling", "save_memory")
 
 
@@ -123,6 +129,20 @@ def detect_model_type(model_path: Optional[str]) -> str:
     return "osp"
 
 
+def check_bundled(args: argparse.Namespace) -> None:
+    """What the bundled model would refuse (sizes, prompt words, guidance), before it loads."""
+    from ditcache.models.pipeline import DEFAULT_GUIDANCE, check_request
+
+    try:
+        check_request(args.model_path, args.prompts, args.num_frames or BUNDLED_FRAMES, args.height or BUNDLED_SIZE,
+                      args.width or BUNDLED_SIZE, args.num_sampling_steps,
+                      DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(f"--text_prompt: {message}" if message.startswith("prompt ")
+                         else name_flag(message, _FLAG_FOR_ARGUMENT)) from None
+
+
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Settle defaults and refuse impossible combinations, before anything heavy happens."""
     args.prompts = read_prompts(args.text_prompt)
@@ -143,25 +163,30 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
                                 getattr(args, "schedule_timestep", None), SAMPLER_FLAGS)
     args.num_sampling_steps, args.cache_config, args.timesteps = sampling.num_steps, sampling.cache_config, \
         sampling.timesteps
+    if getattr(args, "search_type", None) is None:
+        check_output_folder("--save_img_path", args.save_img_path)
     args.search_config = None
     if getattr(args, "search_type", None) == "dit_cache":
         if args.videos_path is not None or args.save_dir is not None:
             raise ValueError("--videos_path and --save_dir belong to --search_type restep")
-        directory = os.path.dirname(os.path.abspath(args.cache_save_path))
-        if not os.path.isdir(directory):
-            raise ValueError(f"--cache_save_path: folder {directory!r} does not exist")
+        check_output_file("--cache_save_path", args.cache_save_path)
         args.search_config = search_config(
             SAMPLER_FLAGS, config_path=args.cache_save_path, num_sampling_steps=args.num_sampling_steps,
             cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.cache_step_interval,
             reuse=args.reuse, confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
             journal_dir=args.journal_dir,
         )
+        check_output_folder("--journal_dir", args.search_config.journal_dir)
     if getattr(args, "search_type", None) == "restep":
         if args.videos_path is None or args.save_dir is None:
             raise ValueError("--search_type restep needs --videos_path (calibration videos) and --save_dir")
+        check_output_folder("--save_dir", args.save_dir)
         if args.cache_ratio is not None or args.min_psnr is not None:
             raise ValueError("--cache_ratio and --min_psnr belong to --search_type dit_cache")
         args.restep_config = restep_config(args)
+    check_device("--device", args.device)
+    if args.backend == "bundled":
+        check_bundled(args)
     return args
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from ditcache.distributed import DistributedContext, all_gather_objects
 from ditcache.settings import for_timesteps
 
-from .args import SAMPLE_METHODS
+from .args import BUNDLED_FRAMES, BUNDLED_SIZE, SAMPLE_METHODS
 
 
 class Backend:
@@ -74,8 +74,8 @@ class BundledBackend(Backend):
         if getattr(args, "timesteps", None) is not None:
             self.pipeline.scheduler = for_timesteps(self.pipeline.scheduler)
         self.sequence_parallel = split_tokens and context.enabled
-        self.num_frames = args.num_frames or 8
-        self.height, self.width = args.height or 32, args.width or 32
+        self.num_frames = args.num_frames or BUNDLED_FRAMES
+        self.height, self.width = args.height or BUNDLED_SIZE, args.width or BUNDLED_SIZE
         self.guidance = DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale
         if args.compile:
             self.pipeline.transformer = torch.compile(self.pipeline.transformer)
