@@ -6,7 +6,7 @@ is left as if never patched.
 """
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 _MISSING = object()
 
@@ -34,3 +34,33 @@ class InstancePatch:
     def __bool__(self) -> bool:
         return bool(self._saved)
 
+
+
+After = Callable[[int, Any, Tuple[Any, ...], Any, Any], None]  # (index, block, args, kwargs, output)
+
+
+class ObservedForward:
+    """A block's ``forward`` that reports each call; it sees ``block(...)`` and ``block.forward(...)`` alike."""
+
+    def __init__(self, index: int, block: Any, forward: Callable[..., Any], after: After,
+                 before: Optional[Callable[[int], None]]) -> None:
+        self.index, self.block, self.forward, self.after, self.before = index, block, forward, after, before
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.before is not None:
+            self.before(self.index)
+        output = self.forward(*args, **kwargs)
+        self.after(self.index, self.block, args, kwargs, output)
+        return output
+
+
+def observe_forwards(blocks: Sequence[Any], after: After, before: Optional[Callable[[int], None]] = None) -> InstancePatch:
+    """Shadow every block's ``forward`` (as the cache patches them) with one that reports its calls.
+
+    Forward hooks would miss a model that calls ``block.forward(...)`` directly. Restore the
+    returned patch to undo it.
+    """
+    patch = InstancePatch()
+    for i, block in enumerate(blocks):
+        patch.set(block, "forward", ObservedForward(i, block, block.forward, after, before))
+    return patch

@@ -7,6 +7,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ._patch import InstancePatch, observe_forwards
+
 
 def synchronize(device: Optional[torch.device] = None) -> None:
     """Wait for queued work on ``device`` (cuda, npu, xpu, mps...); a no-op on the CPU."""
@@ -36,39 +38,33 @@ def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> Tuple
 class BlockTimer:
     """Time spent inside each block of a list, summed over the calls it sees.
 
-    Forward pre/post hooks read the clock (synchronising the device), so the
-    time of block ``i`` is what a caller waits for it; everything else in a run
-    is the "rest". Use as a context manager around one or more runs.
+    Each block's ``forward`` is wrapped (as the cache patches it, so direct
+    ``block.forward(...)`` calls count too) to read the clock around it,
+    synchronising the device, so the time of block ``i`` is what a caller waits
+    for it; everything else in a run is the "rest". Use as a context manager
+    around one or more runs.
     """
 
     def __init__(self, blocks: Sequence[nn.Module]) -> None:
         self.blocks = list(blocks)
         self.seconds: List[float] = [0.0] * len(self.blocks)
         self._device = module_device(self.blocks[0])
-        self._handles: List[Any] = []
+        self._patch: Optional[InstancePatch] = None
         self._started: List[float] = [0.0] * len(self.blocks)
 
     def __enter__(self) -> "BlockTimer":
-        for i, block in enumerate(self.blocks):
-            self._handles.append(block.register_forward_pre_hook(self._pre(i)))
-            self._handles.append(block.register_forward_hook(self._post(i)))
+        self._patch = observe_forwards(self.blocks, self._after, self._before)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None
 
-    def _pre(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any) -> None:
-            synchronize(self._device)
-            self._started[index] = time.perf_counter()
+    def _before(self, index: int) -> None:
+        synchronize(self._device)
+        self._started[index] = time.perf_counter()
 
-        return hook
-
-    def _post(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            synchronize(self._device)
-            self.seconds[index] += time.perf_counter() - self._started[index]
-
-        return hook
+    def _after(self, index: int, block: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        synchronize(self._device)
+        self.seconds[index] += time.perf_counter() - self._started[index]

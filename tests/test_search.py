@@ -299,6 +299,32 @@ def test_a_batched_uint8_array_or_tensor_is_that_many_videos(batch):
     adaptor.remove()
 
 
+def test_a_model_calling_block_forward_directly_is_searched():
+    """As the reference's own tests call blocks: ``block.forward(...)``, past any module hooks."""
+    pipe = make_pipeline()
+    transformer = pipe.transformer
+
+    def forward(sample, timestep):
+        temb = transformer.time(timestep.float().reshape(-1, 1).expand(sample.shape[0], 1) / 1000.0)
+        hidden = transformer.proj_in(sample)
+        for block in transformer.transformer_blocks:
+            hidden = block.forward(hidden, temb=temb)
+        return transformer.proj_out(hidden)
+
+    transformer.forward = forward
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=STEPS, confirm_pairs=0))
+    config = adaptor.search(Calls(), prompts_num=2)
+    report = adaptor.last_search
+    assert all(seconds > 0 for seconds in report.calibration["block_seconds"])
+    assert report.calibration["block_share"] > 0.5
+    adaptor.remove()
+    assert "forward" not in vars(transformer.transformer_blocks[0])  # every block as it was
+    reference = Calls()(pipe)
+    with dit_cache(pipe, config):
+        cached = Calls()(pipe)
+    assert compare_videos(cached, reference)["psnr"] == pytest.approx(report.chosen["psnr"], abs=1e-6)
+
+
 def test_bad_search_arguments():
     pipe = make_pipeline()
     adaptor = DitCacheAdaptor(pipe)

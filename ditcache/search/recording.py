@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import steps
+from .._patch import InstancePatch, observe_forwards
 from ..cache.reuse import time_rules
 from ..streams import BlockStreams, block_streams
 from ..timing import BlockTimer, module_device, synchronize
@@ -91,7 +92,7 @@ class _Sketcher:
 
 
 class CalibrationRecorder:
-    """Hooks on every block that time them and sketch their inputs and outputs.
+    """Wrappers on every block's ``forward`` that time them and sketch their inputs and outputs.
 
     Use as a context manager around the uncached calibration run.
     """
@@ -102,7 +103,7 @@ class CalibrationRecorder:
         self.device = module_device(blocks[0])
         self._sketch = _Sketcher()
         self._streams: List[Optional[BlockStreams]] = [None] * len(blocks)
-        self._handles: List[Any] = []
+        self._patch: Optional[InstancePatch] = None
         self.instrument_seconds = 0.0
         self.op_seconds: Optional[Dict[str, float]] = None
         # (run id, pass within step) -> step -> block -> (in sketch, out sketch)
@@ -111,25 +112,22 @@ class CalibrationRecorder:
         self._current: Optional[Tuple[int, int]] = None
 
     def __enter__(self) -> "CalibrationRecorder":
-        self.timer.__enter__()  # its post-hooks run before ours, so our work is not billed to the blocks
-        for i, block in enumerate(self.blocks):
-            self._handles.append(block.register_forward_hook(self._hook(i), with_kwargs=True))
+        # The timer's wrappers sit inside ours, so our work is not billed to the blocks.
+        self.timer.__enter__()
+        self._patch = observe_forwards(self.blocks, self._observe)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None
         self.timer.__exit__(*exc)
 
-    def _hook(self, index: int):
-        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
-            started = time.perf_counter()
-            self._record(index, module, args, kwargs, output)
-            synchronize(self.device)
-            self.instrument_seconds += time.perf_counter() - started
-
-        return hook
+    def _observe(self, index: int, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
+        started = time.perf_counter()
+        self._record(index, module, args, kwargs, output)
+        synchronize(self.device)
+        self.instrument_seconds += time.perf_counter() - started
 
     def _record(self, index: int, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
         step = steps.require_step()
