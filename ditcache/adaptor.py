@@ -114,6 +114,7 @@ class DitCacheAdaptor:
         cache_step_interval: int,
         num_sampling_steps: Optional[int] = None,
         reuse: str = "delta",
+        cache_step_end: Optional[int] = None,
     ) -> None:
         """Apply a cache region and step schedule, and turn caching on."""
         self.set_cache_config(
@@ -124,6 +125,7 @@ class DitCacheAdaptor:
                 cache_num_blocks=cache_num_blocks,
                 num_sampling_steps=num_sampling_steps,
                 reuse=reuse,
+                cache_step_end=cache_step_end,
             )
         )
 

@@ -69,6 +69,10 @@ class DitCacheConfig:
     order from the last two store steps by the step distance (falling back to
     the constant residual until two store steps exist). A file without the key
     means ``"delta"``, so the spec's four-key files keep their meaning.
+
+    ``cache_step_end`` (optional) spares the last steps: from that step on every
+    block runs again, as before ``cache_step_start``. The final steps' errors
+    reach the output least damped. A file without the key caches to the end.
     """
 
     cache_step_start: int
@@ -77,6 +81,7 @@ class DitCacheConfig:
     cache_num_blocks: int
     num_sampling_steps: Optional[int] = None
     reuse: str = "delta"
+    cache_step_end: Optional[int] = None
 
     _REQUIRED = ("cache_step_start", "cache_step_interval", "cache_block_start", "cache_num_blocks")
 
@@ -88,6 +93,15 @@ class DitCacheConfig:
         if self.num_sampling_steps is not None:
             check_int("num_sampling_steps", self.num_sampling_steps, 1)
             check_int("cache_step_start", self.cache_step_start, 0, self.num_sampling_steps - 1)
+        if self.cache_step_end is not None:
+            last = "" if self.num_sampling_steps is None else f" and <= num_sampling_steps={self.num_sampling_steps}"
+            if (isinstance(self.cache_step_end, bool) or not isinstance(self.cache_step_end, int)
+                    or self.cache_step_end <= self.cache_step_start
+                    or (self.num_sampling_steps is not None and self.cache_step_end > self.num_sampling_steps)):
+                raise ValueError(
+                    f"cache_step_end must be an int > cache_step_start={self.cache_step_start}{last} "
+                    f"(or absent, to cache to the last step), got {self.cache_step_end!r}"
+                )
         if self.reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}")
 
@@ -98,19 +112,21 @@ class DitCacheConfig:
 
     def step_mode(self, step: int) -> str:
         """``"full"`` (no caching), ``"store"`` or ``"reuse"`` for a step index."""
-        if step < self.cache_step_start:
+        if step < self.cache_step_start or (self.cache_step_end is not None and step >= self.cache_step_end):
             return "full"
         if (step - self.cache_step_start) % self.cache_step_interval == 0:
             return "store"
         return "reuse"
 
     def to_dict(self) -> Dict[str, Any]:
-        """The spec's four keys, plus ``num_sampling_steps`` and ``reuse`` when they are not the defaults."""
+        """The spec's four keys, plus ``num_sampling_steps``, ``reuse`` and ``cache_step_end`` when not the defaults."""
         out: Dict[str, Any] = {name: getattr(self, name) for name in self._REQUIRED}
         if self.num_sampling_steps is not None:
             out["num_sampling_steps"] = self.num_sampling_steps
         if self.reuse != "delta":
             out["reuse"] = self.reuse
+        if self.cache_step_end is not None:
+            out["cache_step_end"] = self.cache_step_end
         return out
 
     def __iter__(self) -> Iterator[Tuple[str, Any]]:

@@ -29,6 +29,8 @@ CONFIGS = [
     DitCacheConfig(cache_step_start=1, cache_step_interval=2, cache_block_start=0, cache_num_blocks=2),  # block 0
     DitCacheConfig(cache_step_start=3, cache_step_interval=4, cache_block_start=4, cache_num_blocks=1),  # one block
     DitCacheConfig(cache_step_start=0, cache_step_interval=2, cache_block_start=3, cache_num_blocks=3),  # ends at last
+    DitCacheConfig(cache_step_start=1, cache_step_interval=3, cache_block_start=0, cache_num_blocks=4,
+                   cache_step_end=8),  # the last two steps spared
     DitCacheConfig(cache_step_start=0, cache_step_interval=1, cache_block_start=1, cache_num_blocks=4),  # interval 1
 ]
 

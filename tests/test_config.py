@@ -19,6 +19,23 @@ def test_round_trips_and_dict():
     assert DitCacheConfig.from_dict(dict(config)) == config
 
 
+def test_cache_step_end_is_optional_and_spares_the_last_steps(tmp_path):
+    spared = DitCacheConfig(**GOOD, num_sampling_steps=20, cache_step_end=17)
+    assert spared.to_dict() == {**GOOD, "num_sampling_steps": 20, "cache_step_end": 17}
+    assert DitCacheConfig.from_dict(spared.to_dict()) == spared
+    assert [spared.step_mode(t) for t in (9, 10, 11, 15, 17, 19)] == ["full", "store", "reuse", "reuse", "full", "full"]
+    plain = DitCacheConfig(**GOOD)  # absent: caching goes on to the last step, as the spec's files mean
+    assert plain.cache_step_end is None and "cache_step_end" not in plain.to_dict() and plain.step_mode(19) == "reuse"
+    for bad in (10, 3, 21, 17.0, True):
+        with pytest.raises(ValueError, match=rf"cache_step_end must be an int > cache_step_start=10 and "
+                                             rf"<= num_sampling_steps=20 .*got {bad!r}"):
+            DitCacheConfig(**GOOD, num_sampling_steps=20, cache_step_end=bad)
+    pipe = ToyPipeline(DDIMScheduler())
+    with dit_cache(pipe, {**GOOD, "cache_step_end": 25}):
+        with pytest.raises(ValueError, match=r"cache_step_end=25 is beyond this run's 20 steps \(allowed 11..20\)"):
+            pipe(num_inference_steps=20)
+
+
 def test_save_is_atomic_json_and_load_reads_spec_files(tmp_path):
     path = tmp_path / "dit_cache_config.json"
     DitCacheConfig(**GOOD).save(path)

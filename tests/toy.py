@@ -101,4 +101,6 @@ def expected_blocks(config, step: int, num_blocks: int) -> List[int]:
     """Blocks whose real forward runs at ``step`` under the spec's rule, derived independently."""
     region = range(config.cache_block_start, config.cache_block_start + config.cache_num_blocks)
     reuse = step >= config.cache_step_start and (step - config.cache_step_start) % config.cache_step_interval != 0
+    spared = config.cache_step_end is not None and step >= config.cache_step_end  # the last steps run in full
+    reuse = reuse and not spared
     return [i for i in range(num_blocks) if not (reuse and i in region)]

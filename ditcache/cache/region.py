@@ -206,6 +206,11 @@ class CachedRegion:
                 f"cache_step_start={config.cache_step_start} is beyond {steps_of_run} (allowed 0..{total - 1}); "
                 "the cache would never be used"
             )
+        if config.cache_step_end is not None and config.cache_step_end > total:
+            raise ValueError(
+                f"cache_step_end={config.cache_step_end} is beyond this run's {total} steps "
+                f"(allowed {config.cache_step_start + 1}..{total}); the last steps would not be spared as asked"
+            )
 
     @outside_graph
     def enter(self, index: int, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:

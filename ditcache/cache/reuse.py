@@ -54,9 +54,9 @@ class ResidualHistory:
         diff = self.residual[:, first:] - guess
         return ((diff * diff).sum(dim=(0, 2)) / self.scale[first:]).numpy()
 
-    def reuse_steps(self, start: int, interval: int) -> Tuple[np.ndarray, np.ndarray]:
-        """The reuse steps ``t`` of a schedule and their distance to the last store step."""
-        t = np.arange(start, self.steps)
+    def reuse_steps(self, start: int, interval: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The reuse steps ``t`` of a schedule caching steps ``start..end-1``, and their distance to the last store step."""
+        t = np.arange(start, end)
         phase = (t - start) % interval
         reused = phase != 0
         return t[reused], phase[reused]
@@ -81,8 +81,9 @@ class ReuseRule:
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         raise NotImplementedError
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
-        """Predicted error of a schedule: the guesses' squared errors summed over its reuse steps."""
+    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
+        """Predicted error of a schedule caching steps ``start..end-1``: the guesses' squared errors summed over
+        its reuse steps."""
         raise NotImplementedError
 
 
@@ -100,8 +101,8 @@ class Delta(ReuseRule):
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         return {name: inputs[name] + stored.residual[name] for name in stored.residual}
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
-        t, phase = history.reuse_steps(start, interval)
+    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
+        t, phase = history.reuse_steps(start, interval, end)
         return float(self.lagged_errors(history)[t, phase].sum())
 
     @staticmethod
@@ -151,8 +152,8 @@ class Taylor1(Delta):
             for name in stored.residual
         }
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int) -> float:
-        t, phase = history.reuse_steps(start, interval)
+    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
+        t, phase = history.reuse_steps(start, interval, end)
         errors = self.lagged_errors(history)[t, phase]
         extrapolated = t - phase - interval >= start  # two store steps exist before t
         errors = np.where(extrapolated, self.extrapolated_errors(history, interval)[t, phase], errors)

@@ -20,11 +20,14 @@ from ..cache.reuse import ResidualHistory, arithmetic_seconds, reuse_rule
 from ..config import DitCacheConfig
 from .recording import Calibration
 
+SPARED_ENDS = (0, 1, 2, 3)  # final steps a searched config may run in full
+
 
 def config_key(config: DitCacheConfig) -> str:
     """A config's name in the search's journal and tables, e.g. ``s0-n12-t20-i2-delta``."""
+    end = "" if config.cache_step_end is None else f"-e{config.cache_step_end}"
     return (f"s{config.cache_block_start}-n{config.cache_num_blocks}-t{config.cache_step_start}"
-            f"-i{config.cache_step_interval}-{config.reuse}")
+            f"-i{config.cache_step_interval}-{config.reuse}{end}")
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,18 @@ class Candidate:
         return config_key(self.config)
 
 
-def _step_counts(num_steps: int, start: int, interval: int) -> tuple:
-    """(store steps, reuse steps) of a schedule."""
-    cached = max(num_steps - start, 0)
+def _step_counts(num_steps: int, config: DitCacheConfig) -> tuple:
+    """(store steps, reuse steps) of a config's schedule."""
+    end = num_steps if config.cache_step_end is None else min(config.cache_step_end, num_steps)
+    interval = config.cache_step_interval
+    cached = max(end - config.cache_step_start, 0)
     store = -(-cached // interval)
     return store, cached - store
 
 
 def predicted_seconds(cal: Calibration, config: DitCacheConfig) -> float:
     """Run time of ``config`` predicted from the calibration's measured times."""
-    store, reuse = _step_counts(cal.num_steps, config.cache_step_start, config.cache_step_interval)
+    store, reuse = _step_counts(cal.num_steps, config)
     region = cal.block_seconds[config.cache_block_start : config.cache_block_end + 1]
     skipped = sum(region) * reuse / cal.num_steps
     arithmetic = cal.passes * arithmetic_seconds(cal.op_seconds, config.reuse, store, reuse)
@@ -57,9 +62,12 @@ def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
     return cal.full_seconds / predicted_seconds(cal, config)
 
 
-def enumerate_candidates(cal: Calibration, max_interval: int,
-                         reuse_modes: Sequence[str] = ("delta",)) -> List[Candidate]:
-    """Every (region, step start, interval, reuse mode) with its predicted speedup and proxy error."""
+def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Sequence[str] = ("delta",),
+                         spared_ends: Sequence[int] = SPARED_ENDS) -> List[Candidate]:
+    """Every (region, step start, interval, reuse mode, spared last steps) with its predicted speedup and proxy.
+
+    ``spared_ends``: how many final steps may run in full (0: cache to the end, no ``cache_step_end``).
+    """
     steps = cal.num_steps
     blocks = cal.block_in.shape[2]
     outputs = [cal.block_out[:, :, e, :].double() for e in range(blocks)]
@@ -72,14 +80,16 @@ def enumerate_candidates(cal: Calibration, max_interval: int,
             for reuse in reuse_modes:
                 rule = reuse_rule(reuse)
                 for interval in range(2, max_interval + 1):
-                    for start in range(0, steps - 1):
-                        config = DitCacheConfig(
-                            cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
-                            cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
-                        )
-                        candidates.append(
-                            Candidate(config, predicted_speedup(cal, config), rule.proxy(history, start, interval))
-                        )
+                    for spared in spared_ends:
+                        end = None if spared == 0 else steps - spared
+                        for start in range(0, (end or steps) - 1):
+                            config = DitCacheConfig(
+                                cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
+                                cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
+                                cache_step_end=end,
+                            )
+                            proxy = rule.proxy(history, start, interval, end or steps)
+                            candidates.append(Candidate(config, predicted_speedup(cal, config), proxy))
     return candidates
 
 
