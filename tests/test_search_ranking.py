@@ -1,8 +1,10 @@
 """Which configs the search runs: picks spread over families, re-ranked by what runs measured."""
 import pytest
+import torch
 
 from ditcache import DitCacheConfig
-from ditcache.search.candidates import Candidate, best_for_target
+from ditcache.search.candidates import Candidate, best_for_target, enumerate_candidates
+from ditcache.search.recording import Calibration
 from ditcache.search.ranking import QualityModel, proxy_db
 
 
@@ -55,3 +57,21 @@ def test_runs_re_rank_the_family_the_proxy_over_rated():
 def test_identical_videos_do_not_break_the_model():
     model = QualityModel([record(FOUR[0], psnr=float("inf")), record(THREE[0], psnr=30.0)])
     assert model(FOUR[1]) < float("inf")
+
+
+def test_sparing_the_last_steps_is_enumerated_priced_and_scored():
+    steps, blocks = 12, 3
+    generator = torch.Generator().manual_seed(0)
+    sketches = [torch.randn(1, steps, blocks, 64, generator=generator) for _ in range(2)]
+    calibration = Calibration([], 1.0, [0.3] * blocks, {}, steps, 1, *sketches)
+    found = {c.key(): c for c in enumerate_candidates(calibration, 3, ("delta",))}
+    plain, spared = found["s0-n3-t4-i2-delta"], found["s0-n3-t4-i2-delta-e10"]
+    assert spared.config.cache_step_end == 10 and {"s0-n3-t4-i2-delta-e9", "s0-n3-t4-i2-delta-e11"} <= set(found)
+    # steps 4..11 reuse 5, 7, 9, 11; sparing steps 10 and 11 gives up the reuse of step 11
+    assert 1 / plain.predicted_speedup == pytest.approx(1 - 0.9 * 4 / steps)
+    assert 1 / spared.predicted_speedup == pytest.approx(1 - 0.9 * 3 / steps)
+    residual = sketches[1][:, :, 2] - sketches[0][:, :, 0]
+    scale = (sketches[1][:, :, 2].double() ** 2).sum(dim=(0, 2))
+    error_11 = ((residual[:, 11] - residual[:, 10]).double() ** 2).sum() / scale[11]
+    assert plain.proxy - spared.proxy == pytest.approx(float(error_11), rel=1e-6)
+    assert all(c.config.cache_step_end is None or c.config.cache_step_end in (9, 10, 11) for c in found.values())
