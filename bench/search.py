@@ -130,7 +130,7 @@ def ours(setting: Setting, target: Optional[float], floor: Optional[float], jour
     videos, _ = setting.videos(report.config)
     return {
         "goal": report.goal, "config": report.config.to_dict(), "runs": report.full_runs,
-        "seconds": report.seconds, "predicted": report.chosen["predicted_speedup"],
+        "seconds": report.seconds, "predicted": report.chosen.predicted_speedup,
         "measured": setting.speedup(report.config), **setting.quality(videos),
     }
 

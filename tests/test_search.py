@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 
 from ditcache import DitCacheAdaptor, DitCacheSearchConfig, dit_cache
 from ditcache.metrics import compare_videos
-from ditcache.search.engine import _settled
+from ditcache.search import strategy
 from toy import ToyPipeline
 
 STEPS = 16
@@ -86,19 +86,18 @@ def test_speedup_target_is_met_as_measured(tmp_path):
     report = adaptor.last_search
     assert config == report.config and config.num_sampling_steps == STEPS
     chosen = report.chosen
-    assert chosen["predicted_speedup"] >= 1.4
-    # and its speed measured: the median of two interleaved uncached/cached pairs, or three if two disagreed
-    assert len(chosen["confirm_ratios"]) in (2, 3)
-    assert chosen["confirmed_speedup"] == statistics.median(chosen["confirm_ratios"]) >= 1.4
+    assert chosen.predicted_speedup >= 1.4
+    # and its speed measured: the median of two interleaved uncached/cached pairs, or three if two left it unsure
+    assert len(chosen.pairs) in (2, 3)
+    assert chosen.confirmed_speedup == statistics.median(p / c for p, c in chosen.pairs) >= 1.4
     # calibration, 3 picks and up to 3 refining ones, up to 3 winners measured
     assert report.full_runs == calls.count <= 2 + 6 + 3 * 6 + 3  # and up to 3 configs aimed anew
-    assert report.full_runs == 2 + sum(r["runs"] for r in report.runs)
+    assert report.full_runs == 2 + sum(r.runs for r in report.runs)
     # nothing better was left: every config run is either worse, measured short, or predicted short once
-    # the predictions are scaled by the shortfall measured on the configs confirmed before the winner
-    shortfall = min([1.0] + [r["confirmed_speedup"] / r["predicted_speedup"] for r in report.runs
-                             if "confirmed_speedup" in r and r["key"] != chosen["key"]])
-    assert all(r["psnr"] <= chosen["psnr"] for r in report.runs
-               if r["predicted_speedup"] * shortfall >= 1.4 and r.get("confirmed_speedup", 1.4) >= 1.4)
+    # the predictions are scaled by the shortfall the configs confirmed before the winner agreed on
+    shortfall = strategy.shortfall([r for r in report.runs if r.pairs and r.key != chosen.key])
+    assert all(r.psnr <= chosen.psnr for r in report.runs
+               if r.predicted_speedup * shortfall >= 1.4 and (r.confirmed_speedup or 1.4) >= 1.4)
     assert adaptor.cache_config is None  # the search leaves the adaptor as it found it
     again = Calls()  # resumed from the journal: one run checks the references, nothing is run or confirmed again
     assert adaptor.search(again, prompts_num=2) == config and again.count == 1
@@ -111,6 +110,8 @@ def test_speedup_target_is_met_as_measured(tmp_path):
     ]
     saved = json.loads((tmp_path / "dit_cache_config.search.json").read_text())
     assert saved["config"] == config.to_dict() and len(saved["runs"]) == len(report.runs)
+    assert saved["chosen"]["confirmed_speedup"] == chosen.confirmed_speedup  # the file says how sure it is
+    assert saved["chosen"]["confirmed_bounds"] == list(chosen.speed_bounds())
     assert "chosen" in report.table()
 
 
@@ -119,10 +120,10 @@ def test_quality_floor_gives_the_fastest_config_above_it():
     adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=STEPS))
     config = adaptor.search(Calls(), prompts_num=2)
     report = adaptor.last_search
-    assert report.chosen["psnr"] >= 30.0
-    above = [r for r in report.runs if r["psnr"] >= 30.0]
-    assert report.chosen["predicted_speedup"] == max(r["predicted_speedup"] for r in above)
-    assert len(report.chosen["confirm_ratios"]) == 2  # reported with its speed measured
+    assert report.chosen.psnr >= 30.0
+    above = [r for r in report.runs if r.psnr >= 30.0]
+    assert report.chosen.predicted_speedup == max(r.predicted_speedup for r in above)
+    assert len(report.chosen.pairs) == 2  # reported with its speed measured
     adaptor.update_cache_config(**{k: v for k, v in config.to_dict().items()})
     videos = Calls()(pipe)
     adaptor.disable()
@@ -135,7 +136,7 @@ def test_extrapolated_reuse_is_searched_like_the_rest():
                                                          reuse_modes=("taylor1",)))
     config = adaptor.search(Calls(), prompts_num=2)
     assert config.reuse == "taylor1"
-    assert all(run["config"]["reuse"] == "taylor1" for run in adaptor.last_search.runs)
+    assert all(run.config.reuse == "taylor1" for run in adaptor.last_search.runs)
 
 
 def test_unreachable_goals_name_the_best_reachable_value():
@@ -338,11 +339,3 @@ def test_bad_search_arguments():
     adaptor.search_config = DitCacheSearchConfig(num_sampling_steps=STEPS + 4)
     with pytest.raises(ValueError, match=f"made {STEPS} denoising steps .* but num_sampling_steps={STEPS + 4}"):
         adaptor.search(Calls(), prompts_num=2)
-
-
-def test_confirmation_takes_a_third_pair_only_when_two_disagree_on_the_target():
-    assert not _settled([2.0], 1.3)  # one pair is never enough
-    assert _settled([1.31, 1.5], 1.3) and _settled([1.29, 1.1], 1.3)  # both above, both below
-    assert not _settled([1.45, 1.2], 1.3)  # one each side: a third pair decides
-    assert not _settled([1.45, 1.2, 1.32], 1.3)  # still both sides: more pairs, up to confirm_pairs
-    assert _settled([1.25, 1.67], None)  # a quality floor's winner: two pairs

@@ -6,6 +6,7 @@ from ditcache import DitCacheConfig
 from ditcache.search.candidates import Candidate, best_for_target, enumerate_candidates
 from ditcache.search.recording import Calibration
 from ditcache.search.ranking import QualityModel, proxy_db
+from ditcache.search.records import RunRecord
 
 
 def candidate(start, interval, block_start, blocks, proxy, speed=2.0, reuse="delta"):
@@ -15,8 +16,7 @@ def candidate(start, interval, block_start, blocks, proxy, speed=2.0, reuse="del
 
 
 def record(c, psnr):
-    return {"key": c.key(), "config": c.config.to_dict(), "proxy": c.proxy, "psnr": psnr,
-            "predicted_speedup": c.predicted_speedup, "measured_speedup": c.predicted_speedup}
+    return RunRecord(c.config, c.predicted_speedup, c.proxy, 1.0, c.predicted_speedup, psnr, 0.9, 1.0)
 
 
 # family (interval 4): the proxy rates all of its regions best; family (interval 3) comes after
@@ -51,7 +51,7 @@ def test_runs_re_rank_the_family_the_proxy_over_rated():
     model = QualityModel(runs)
     assert model(FOUR[0]) == pytest.approx(24.0, abs=2.5)  # its own run dominates its prediction
     assert model(THREE[1]) > model(FOUR[1])  # the unrun configs of each family follow their family's runs
-    assert best_for_target(FOUR + THREE, 1.5, count=1, score=model, exclude={r["key"] for r in runs}) == [THREE[1]]
+    assert best_for_target(FOUR + THREE, 1.5, count=1, score=model, exclude={r.key for r in runs}) == [THREE[1]]
 
 
 def test_identical_videos_do_not_break_the_model():

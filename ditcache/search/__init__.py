@@ -1,5 +1,7 @@
 """Searching the cache config against calibration videos."""
-from .engine import CacheSearch, check_videos
+from .engine import CacheSearch
+from .records import RunRecord
 from .report import SearchReport
+from .runner import check_videos
 
-__all__ = ["CacheSearch", "SearchReport", "check_videos"]
+__all__ = ["CacheSearch", "RunRecord", "SearchReport", "check_videos"]

@@ -13,10 +13,11 @@ gets tried. Each round of the search re-ranks with what the previous rounds meas
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from ..config import DitCacheConfig
 from .candidates import Candidate
+from .records import RunRecord
 
 PRIOR_WEIGHT = 0.1  # weight of the mean offset over all runs (a run 3 blocks away weighs 0.125)
 
@@ -40,11 +41,9 @@ def _likeness(a: Tuple[str, int, int], b: Tuple[str, int, int]) -> float:
 class QualityModel:
     """Callable: candidate -> predicted PSNR in dB. With no runs, the proxy's order."""
 
-    def __init__(self, records: Sequence[Dict[str, Any]]) -> None:
+    def __init__(self, records: Sequence[RunRecord]) -> None:
         self._offsets: List[Tuple[Tuple[str, int, int], float]] = [
-            (_kind(DitCacheConfig.from_dict(r["config"])), r["psnr"] - proxy_db(r["proxy"]))
-            for r in records
-            if math.isfinite(r["psnr"])
+            (_kind(r.config), r.psnr - proxy_db(r.proxy)) for r in records if math.isfinite(r.psnr)
         ]
         self._mean = sum(o for _, o in self._offsets) / len(self._offsets) if self._offsets else 0.0
         families: Dict[Tuple[str, int], List[float]] = {}

@@ -6,17 +6,15 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from .._atomic import atomic_write, atomic_write_text
 from ..config import DitCacheConfig
 
+if TYPE_CHECKING:
+    from .records import RunRecord
+
 logger = logging.getLogger("ditcache.search")
-
-
-def speedup_of(run: Dict[str, Any]) -> float:
-    """A run's best speedup figure: confirmed by interleaved pairs when it was, else its own timing."""
-    return run.get("confirmed_speedup", run["measured_speedup"])
 
 
 @dataclass
@@ -25,8 +23,8 @@ class SearchReport:
 
     goal: str
     config: DitCacheConfig
-    chosen: Dict[str, Any]
-    runs: List[Dict[str, Any]]
+    chosen: "RunRecord"
+    runs: List["RunRecord"]
     full_runs: int  # pipeline runs over all prompts, calibration included
     resumed_runs: int  # runs read back from the journal instead of being made again
     seconds: float
@@ -39,22 +37,22 @@ class SearchReport:
             "| MSE | |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for run in sorted(self.runs, key=lambda r: r["measured_speedup"]):
-            c = run["config"]
-            mark = "chosen" if run["key"] == self.chosen["key"] else ""
-            confirmed = f"{run['confirmed_speedup']:.3f}x" if "confirmed_speedup" in run else ""
+        for run in sorted(self.runs, key=lambda r: r.measured_speedup):
+            c = run.config
+            mark = "chosen" if run.key == self.chosen.key else ""
+            confirmed = "" if run.confirmed_speedup is None else f"{run.confirmed_speedup:.3f}x"
+            end = "" if c.cache_step_end is None else f" (to {c.cache_step_end})"
             lines.append(
-                f"| {c['cache_block_start']} | {c['cache_num_blocks']} | {c['cache_step_start']} | "
-                f"{c['cache_step_interval']} | {c.get('reuse', 'delta')} | {run['predicted_speedup']:.3f}x | {run['measured_speedup']:.3f}x | "
-                f"{confirmed} | "
-                f"{_fmt(run['psnr'])} | {run['ssim']:.4f} | {run['mse']:.3f} | {mark} |"
+                f"| {c.cache_block_start} | {c.cache_num_blocks} | {c.cache_step_start}{end} | "
+                f"{c.cache_step_interval} | {c.reuse} | {run.predicted_speedup:.3f}x | {run.measured_speedup:.3f}x | "
+                f"{confirmed} | {_fmt(run.psnr)} | {run.ssim:.4f} | {run.mse:.3f} | {mark} |"
             )
         return "\n".join(lines)
 
     def summary(self) -> str:
         return (
-            f"{self.goal}: chose {self.config.to_dict()} -- measured {speedup_of(self.chosen):.3f}x, "
-            f"PSNR {_fmt(self.chosen['psnr'])} dB, SSIM {self.chosen['ssim']:.4f}; "
+            f"{self.goal}: chose {self.config.to_dict()} -- measured {self.chosen.describe_speed()}, "
+            f"PSNR {_fmt(self.chosen.psnr)} dB, SSIM {self.chosen.ssim:.4f}; "
             f"{self.full_runs} full runs ({self.resumed_runs} read from the journal), {self.seconds:.1f} s"
         )
 
@@ -62,12 +60,12 @@ class SearchReport:
         return {
             "goal": self.goal,
             "config": self.config.to_dict(),
-            "chosen": self.chosen,
+            "chosen": self.chosen.to_dict(),
             "full_runs": self.full_runs,
             "resumed_runs": self.resumed_runs,
             "seconds": self.seconds,
             "calibration": self.calibration,
-            "runs": self.runs,
+            "runs": [run.to_dict() for run in self.runs],
         }
 
     def save(self, config_path: str) -> List[str]:
@@ -91,11 +89,10 @@ class SearchReport:
             logger.warning("matplotlib is not installed: no plot (pip install 'ditcache[metrics]')")
             return False
         figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
-        finite = [r for r in self.runs if math.isfinite(r["psnr"])]
-        axis.scatter([speedup_of(r) for r in finite], [r["psnr"] for r in finite], label="candidates")
-        if math.isfinite(self.chosen["psnr"]):
-            axis.scatter([speedup_of(self.chosen)], [self.chosen["psnr"]], color="red", marker="*", s=160,
-                         label="chosen")
+        finite = [r for r in self.runs if math.isfinite(r.psnr)]
+        axis.scatter([r.speedup for r in finite], [r.psnr for r in finite], label="candidates")
+        if math.isfinite(self.chosen.psnr):
+            axis.scatter([self.chosen.speedup], [self.chosen.psnr], color="red", marker="*", s=160, label="chosen")
         axis.set_xlabel("measured speedup (x)")
         axis.set_ylabel("PSNR vs uncached (dB)")
         axis.set_title(self.goal)
