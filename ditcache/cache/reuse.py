@@ -7,6 +7,7 @@ mode is one class here, registered in :data:`REUSE_RULES`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -54,12 +55,22 @@ class ResidualHistory:
         diff = self.residual[:, first:] - guess
         return ((diff * diff).sum(dim=(0, 2)) / self.scale[first:]).numpy()
 
-    def reuse_steps(self, start: int, interval: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
-        """The reuse steps ``t`` of a schedule caching steps ``start..end-1``, and their distance to the last store step."""
-        t = np.arange(start, end)
-        phase = (t - start) % interval
-        reused = phase != 0
-        return t[reused], phase[reused]
+
+
+@functools.lru_cache(maxsize=64)
+def schedules(interval: int, end: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every schedule caching steps ``start..end-1`` at once, for ``start`` in ``0..end-2``.
+
+    Returns (start, t, phase, reused), each of shape (starts, end): ``phase`` is step ``t``'s distance
+    to the last store step, ``reused`` whether ``t`` is a reuse step of the schedule from ``start``.
+    """
+    start = np.arange(end - 1)[:, None]
+    t = np.arange(end)[None, :]
+    phase = np.where(t >= start, (t - start) % interval, 0)
+    reused = (t >= start) & (phase != 0)
+    for shared in (start, phase, reused):  # cached: callers share them
+        shared.setflags(write=False)
+    return start, np.broadcast_to(t, phase.shape), phase, reused
 
 
 class ReuseRule:
@@ -81,9 +92,9 @@ class ReuseRule:
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         raise NotImplementedError
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
-        """Predicted error of a schedule caching steps ``start..end-1``: the guesses' squared errors summed over
-        its reuse steps."""
+    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+        """Predicted error of the schedules caching steps ``start..end-1``, by ``start`` (``0..end-2``): the
+        guesses' squared errors summed over their reuse steps."""
         raise NotImplementedError
 
 
@@ -101,9 +112,9 @@ class Delta(ReuseRule):
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         return {name: inputs[name] + stored.residual[name] for name in stored.residual}
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
-        t, phase = history.reuse_steps(start, interval, end)
-        return float(self.lagged_errors(history)[t, phase].sum())
+    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+        _, t, phase, reused = schedules(interval, end)
+        return np.where(reused, self.lagged_errors(history)[t, phase], 0.0).sum(axis=1)
 
     @staticmethod
     def lagged_errors(history: ResidualHistory) -> np.ndarray:
@@ -152,12 +163,12 @@ class Taylor1(Delta):
             for name in stored.residual
         }
 
-    def proxy(self, history: ResidualHistory, start: int, interval: int, end: int) -> float:
-        t, phase = history.reuse_steps(start, interval, end)
+    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+        start, t, phase, reused = schedules(interval, end)
         errors = self.lagged_errors(history)[t, phase]
         extrapolated = t - phase - interval >= start  # two store steps exist before t
         errors = np.where(extrapolated, self.extrapolated_errors(history, interval)[t, phase], errors)
-        return float(errors.sum())
+        return np.where(reused, errors, 0.0).sum(axis=1)
 
     @staticmethod
     def extrapolated_errors(history: ResidualHistory, interval: int) -> np.ndarray:

@@ -82,13 +82,13 @@ def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Seque
                 for interval in range(2, max_interval + 1):
                     for spared in spared_ends:
                         end = None if spared == 0 else steps - spared
-                        for start in range(0, (end or steps) - 1):
+                        proxies = rule.proxies(history, interval, end or steps)
+                        for start, proxy in enumerate(proxies.tolist()):
                             config = DitCacheConfig(
                                 cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
                                 cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
                                 cache_step_end=end,
                             )
-                            proxy = rule.proxy(history, start, interval, end or steps)
                             candidates.append(Candidate(config, predicted_speedup(cal, config), proxy))
     return candidates
 
