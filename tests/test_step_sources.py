@@ -303,7 +303,7 @@ def test_search_with_heun():
 
     adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(min_psnr=30.0, num_sampling_steps=12))
     config = adaptor.search(run, prompts_num=2)
-    assert adaptor.last_search.chosen["psnr"] >= 30.0 and config.num_sampling_steps == 12
+    assert adaptor.last_search.chosen.psnr >= 30.0 and config.num_sampling_steps == 12
     reference = run(pipe)
     adaptor.set_cache_config(config)
     cached = run(pipe)

@@ -200,15 +200,15 @@ class CachedRegion:
                 f"the cache config was made for num_sampling_steps={config.num_sampling_steps}, but {run} has "
                 f"{total} denoising steps; search again for {total} steps or run with {config.num_sampling_steps}"
             )
+        steps_of_run = f"the {total} steps of {run}" if ended else f"this run's {total} steps"
         if config.cache_step_start >= total:
-            steps_of_run = f"the {total} steps of {run}" if ended else f"this run's {total} steps"
             raise ValueError(
                 f"cache_step_start={config.cache_step_start} is beyond {steps_of_run} (allowed 0..{total - 1}); "
                 "the cache would never be used"
             )
         if config.cache_step_end is not None and config.cache_step_end > total:
             raise ValueError(
-                f"cache_step_end={config.cache_step_end} is beyond this run's {total} steps "
+                f"cache_step_end={config.cache_step_end} is beyond {steps_of_run} "
                 f"(allowed {config.cache_step_start + 1}..{total}); the last steps would not be spared as asked"
             )
 
