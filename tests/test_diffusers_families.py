@@ -89,11 +89,11 @@ def test_search_spans_the_chain_and_refuses_a_chain_whose_streams_change():
     adaptor = DitCacheAdaptor(pipe, search)
     try:
         adaptor.search(_frames)
-        configs = [run["config"] for run in adaptor.last_search.runs]
+        configs = [run.config for run in adaptor.last_search.runs]
     finally:
         adaptor.remove()
     # Flux's chain: 2 double blocks, then 2 single blocks; the runs include regions over both
-    assert any(c["cache_block_start"] < 2 <= c["cache_block_start"] + c["cache_num_blocks"] - 1 for c in configs)
+    assert any(c.cache_block_start < 2 <= c.cache_block_end for c in configs)
 
     pipe = FamilyPipe(FAMILIES_BY_NAME["Flux2"])
     adaptor = DitCacheAdaptor(pipe, search)

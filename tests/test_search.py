@@ -205,7 +205,7 @@ def test_journal_of_other_inputs_is_not_resumed(tmp_path, caplog):
     adaptor.remove()
     with dit_cache(pipe, config):  # the PSNR reported is the config's on the new prompts
         cached = Seeds([5, 6])(pipe)
-    assert compare_videos(cached, Seeds([5, 6])(pipe))["psnr"] == pytest.approx(report.chosen["psnr"], abs=1e-6)
+    assert compare_videos(cached, Seeds([5, 6])(pipe))["psnr"] == pytest.approx(report.chosen.psnr, abs=1e-6)
 
     # other weights: the journal's key says so before any run
     caplog.clear()
@@ -296,7 +296,7 @@ def test_a_batched_uint8_array_or_tensor_is_that_many_videos(batch):
     as_list = Calls()
     adaptor.search(lambda pipe: batch(as_list(pipe)), prompts_num=2)
     report = adaptor.last_search
-    assert report.chosen["psnr"] >= 30.0 and len(report.calibration["block_seconds"]) == 8
+    assert report.chosen.psnr >= 30.0 and len(report.calibration["block_seconds"]) == 8
     adaptor.remove()
 
 
@@ -323,7 +323,7 @@ def test_a_model_calling_block_forward_directly_is_searched():
     reference = Calls()(pipe)
     with dit_cache(pipe, config):
         cached = Calls()(pipe)
-    assert compare_videos(cached, reference)["psnr"] == pytest.approx(report.chosen["psnr"], abs=1e-6)
+    assert compare_videos(cached, reference)["psnr"] == pytest.approx(report.chosen.psnr, abs=1e-6)
 
 
 def test_bad_search_arguments():
