@@ -370,6 +370,19 @@ def test_a_schedule_for_another_step_count_is_refused_at_the_run():
     assert_unpatched(pipe)
 
 
+def test_a_run_shorter_than_the_schedule_is_refused_when_it_ends():
+    pipe = dit_pipeline()
+    run_dit(pipe)  # a finished run: the step clock knows no run length now
+    adaptor = DitCacheAdaptor(pipe, ComponentCacheConfig(SMOOTH), track_scheduler=False)
+    for i in range(6):
+        DitCacheAdaptor.set_timestep_idx(i)
+        pipe.transformer(torch.zeros(1, 4, 8, 8), timestep=torch.tensor([1]), class_labels=torch.tensor([0]))
+    with pytest.raises(ValueError, match="8 steps per line, but the run that just ended has 6 denoising steps"):
+        DitCacheAdaptor.set_timestep_idx(0)  # the next run starts: the one before ended short
+    adaptor.remove()
+    assert_unpatched(pipe)
+
+
 def test_unknown_blocks_are_named_and_can_be_declared():
     pipe = ToyPipeline(DDIMScheduler(), num_blocks=3)
     with pytest.raises(ValueError, match=r"block 0 is a CountingBlock.*register_block_components\('CountingBlock'"):

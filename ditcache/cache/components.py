@@ -102,6 +102,7 @@ class _State(threading.local):
     def reset(self, run: Optional[int] = None) -> None:
         self.run = run
         self.step: Optional[int] = None
+        self.highest: Optional[int] = None  # the last step this run reached
         self.calls: Dict[Tuple[int, str], int] = {}
         self.kept: Dict[Tuple[int, int, str], _Kept] = {}
 
@@ -165,15 +166,18 @@ class CachedComponents:
         self._state.reset()
 
     def on_run_end(self, check: bool) -> None:
-        self._state.reset()
+        state = self._state
+        made = state.highest + 1 if state.run == steps.current_run() and state.highest is not None else None
+        state.reset()
+        wanted = self.config.num_sampling_steps
+        if check and made is not None and made != wanted:
+            raise ValueError(
+                f"the component schedule has {wanted} steps per line, but the run that just ended has {made} "
+                f"denoising steps; calibrate again for {made} steps or run with {wanted}"
+            )
 
     def _check_step(self, state: _State) -> int:
-        step = steps.current_step()
-        if step is None:
-            raise ValueError(
-                "the component cache does not know the denoising step: call DitCacheAdaptor.set_timestep_idx(i) "
-                "each step, decorate the loop or scheduler with @timestep_aware, or give the pipeline a `scheduler`"
-            )
+        step = steps.require_step()
         run, wanted = steps.current_run(), self.config.num_sampling_steps
         if state.run != run:
             state.reset(run)
@@ -190,6 +194,7 @@ class CachedComponents:
             )
         if state.step != step:
             state.step = step
+            state.highest = step if state.highest is None else max(step, state.highest)
             state.calls = {}
         return step
 
