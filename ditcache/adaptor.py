@@ -8,16 +8,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, List, Mapping, Optional, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+
+from torch import nn
 
 from . import steps
 from .cache.blocks import BlockPath, find_blocks
 from .cache.components import CachedComponents, check_schedule
-from .cache.region import CachedForward, CachedRegion
+from .cache.region import CachedRegion, is_cached
 from .component_config import ComponentCacheConfig, is_component_schedule
 from .config import DitCacheConfig, DitCacheSearchConfig, check_int, read_json
 
 AnyCacheConfig = Union[DitCacheConfig, ComponentCacheConfig]
+
 
 def check_region(config: DitCacheConfig, num_blocks: int) -> None:
     """Refuse a region that does not fit a model of ``num_blocks`` blocks."""
@@ -25,7 +28,7 @@ def check_region(config: DitCacheConfig, num_blocks: int) -> None:
     check_int("cache_num_blocks", config.cache_num_blocks, 1, num_blocks - config.cache_block_start)
 
 
-def check_fits(config: AnyCacheConfig, blocks: nn.ModuleList) -> None:
+def check_fits(config: AnyCacheConfig, blocks: Sequence[nn.Module]) -> None:
     """Refuse a region or a component schedule that does not fit ``blocks``."""
     if isinstance(config, ComponentCacheConfig):
         check_schedule(config, blocks)
@@ -60,7 +63,7 @@ class DitCacheAdaptor:
         chain = find_blocks(pipeline, dit_block_path)
         blocks = chain.blocks
         for i, block in enumerate(blocks):
-            if isinstance(block.__dict__.get("forward"), CachedForward):
+            if is_cached(block):
                 raise ValueError(
                     f"block {chain.name(i)} is already patched by another DitCacheAdaptor; "
                     "call remove() on it (or leave its dit_cache context) first"

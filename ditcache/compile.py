@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache.region import CachedForward
+from .cache.region import is_cached
 
 
 def compile_blocks(blocks: nn.ModuleList, **options: Any) -> nn.ModuleList:
@@ -24,7 +24,7 @@ def compile_blocks(blocks: nn.ModuleList, **options: Any) -> nn.ModuleList:
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"blocks must be a non-empty nn.ModuleList, got {type(blocks).__name__}")
     for i, block in enumerate(blocks):
-        if isinstance(block.__dict__.get("forward"), CachedForward):
+        if is_cached(block):
             raise ValueError(f"block {i} is patched by the cache; compile the blocks before attaching the cache")
     for block in blocks:
         block.forward = torch.compile(block.forward, **options)

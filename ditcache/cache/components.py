@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ def known_components(block: nn.Module, index: int) -> Tuple[str, ...]:
     )
 
 
-def check_schedule(config: ComponentCacheConfig, blocks: nn.ModuleList) -> Dict[Tuple[int, str], nn.Module]:
+def check_schedule(config: ComponentCacheConfig, blocks: Sequence[nn.Module]) -> Dict[Tuple[int, str], nn.Module]:
     """The sub-layers ``config`` governs, by ``(block, name)``; refuses keys the blocks do not have."""
     available = [known_components(block, i) for i, block in enumerate(blocks)]
     governed: Dict[Tuple[int, str], nn.Module] = {}
@@ -129,7 +129,7 @@ def _input_shape(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tuple[int,
 class CachedComponents:
     """The patched sub-layers of one block list following one schedule, and their outputs (per thread)."""
 
-    def __init__(self, blocks: nn.ModuleList, config: ComponentCacheConfig) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], config: ComponentCacheConfig) -> None:
         governed = check_schedule(config, blocks)
         self.config = config
         self._rule = reuse_rule(config.reuse)
@@ -229,6 +229,6 @@ class CachedComponents:
         return output
 
 
-def active_components(blocks: nn.ModuleList) -> List[str]:
+def active_components(blocks: Sequence[nn.Module]) -> List[str]:
     """Names of the sub-layers of ``blocks[0]`` that exist in this model (for calibration and reports)."""
     return [name for name in known_components(blocks[0], 0) if isinstance(getattr(blocks[0], name, None), nn.Module)]

@@ -73,6 +73,11 @@ class CachedForward:
         return region.leave(index, args, kwargs, self.original(*args, **kwargs))
 
 
+def is_cached(block: nn.Module) -> bool:
+    """Whether a cache region has patched ``block``'s forward."""
+    return isinstance(block.__dict__.get("forward"), CachedForward)
+
+
 class CachedRegion:
     """The patched blocks of a chain, the config they follow, and the cached tensors (per thread).
 
