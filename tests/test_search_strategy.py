@@ -8,6 +8,7 @@ import pytest
 
 from ditcache import DitCacheConfig, DitCacheSearchConfig
 from ditcache.search.candidates import Candidate
+from ditcache.search.ranking import proxy_db
 from ditcache.search.records import PAIR_NOISE, RunRecord, enough_pairs
 from ditcache.search.strategy import Strategy, neighbours, screening_picks, shortfall
 
@@ -146,3 +147,24 @@ def test_the_quality_floor_search_returns_the_fastest_config_above_it():
     above = [c for c in SPACE if psnr(c.config) >= 35.0]
     assert chosen.psnr >= 35.0 and len(chosen.pairs) == 2
     assert chosen.predicted_speedup >= 0.97 * max(c.predicted_speedup for c in above)
+
+
+def test_a_quality_floor_search_is_not_ruled_out_of_faster_configs_by_one_familys_failures():
+    # intervals 2 and 3 fall below the floor as they speed up; interval 4 holds up far longer, but the proxy
+    # ranks it below them at every speed, so the probes on the front never run it
+    space = [make(start, blocks, interval) for start in range(0, STEPS - 1) for blocks in range(1, 9)
+             for interval in (2, 3, 4)]
+    space = [c if c.config.cache_step_interval < 4 else Candidate(c.config, c.predicted_speedup / 1.1, c.proxy * 3)
+             for c in space]
+    proxies = {c.key(): c.proxy for c in space}
+
+    def psnr(config):
+        proxy = proxies[Candidate(config, 0, 0).key()]
+        return proxy_db(proxy) + (36.0 if config.cache_step_interval == 4 else 25.0)
+
+    config = DitCacheSearchConfig(min_psnr=35.0, num_sampling_steps=STEPS)
+    runs = ScriptedRuns(psnr)
+    chosen = Strategy(list(space), config, runs).for_quality()
+    fastest_above = max(c.predicted_speedup for c in space if psnr(c.config) >= 35.0)
+    assert chosen.config.cache_step_interval == 4 and chosen.psnr >= 35.0
+    assert chosen.predicted_speedup >= 0.97 * fastest_above

@@ -12,7 +12,8 @@ a measured shortfall only when two confirmations agree on one (the milder of
 them: noise only ever slows a run), never from one measurement.
 
 A quality-floor search probes the predicted Pareto front for the fastest
-config above the floor (see :meth:`Strategy.for_quality`).
+config above the floor, then runs faster configs while the runs it made predict
+one of them above the floor (see :meth:`Strategy.for_quality`).
 
 The strategy makes runs only through a :class:`Runs` (in the search, a
 :class:`~ditcache.search.runner.Runner`; in tests, a scripted one), and takes
@@ -20,18 +21,20 @@ every decision through ``decide`` (in the search, on rank 0 for every rank).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from ..config import DitCacheSearchConfig
+from ..config import DitCacheConfig, DitCacheSearchConfig
 from .candidates import Candidate, best_for_target, pareto_front
 from .ranking import QualityModel
 from .records import RunRecord
 
 QUALITY_PROBE_WIDTH = 2  # configs run per probed speed in a quality-floor search
 REFINE_ROUNDS = 3  # rounds of a speedup search after the first, one config per process each
+QUALITY_REFINE_ROUNDS = 5  # rounds of a quality-floor search after its probes of the front
 REFINE_GAIN_DB = 0.5  # a further config is run only if predicted this much above the best found
+FASTER_BY = 0.02  # a quality-floor search's further configs must be predicted this much faster than its best
 CONFIRM_ATTEMPTS = 3  # configs predicted to meet a target whose speed is measured by pairs before giving up
 
 
@@ -198,6 +201,15 @@ class Strategy:
             above = [i for i in failing if i >= low]
             if above:
                 high = min(above) - 1
+        for _ in range(QUALITY_REFINE_ROUNDS):  # the front is not monotone across families: what the runs predict
+            picks = self.decide(lambda: self._faster_above(seen, best, floor))
+            if not picks:
+                break
+            records = self.runs.run(picks, f"search PSNR >= {floor:g} dB")
+            seen += records
+            for record in records:
+                if record.psnr >= floor and (best is None or self.estimate(record) > self.estimate(best)):
+                    best = record
         if best is None:
             top = max(seen, key=lambda r: r.psnr)
             raise ValueError(
@@ -207,11 +219,32 @@ class Strategy:
             )
         return self.runs.confirm(best, None)  # the speed it is reported with
 
+    def _faster_above(self, seen: List[RunRecord], best: Optional[RunRecord], floor: float) -> List[Candidate]:
+        """Configs faster than the best found and not run yet: the fastest the runs so far predict above the
+        floor (its run will tell), and the best-predicted of each family no run has tried (one family's
+        failures at a speed must not rule out another family's faster configs)."""
+        model = QualityModel(seen)
+        least = 0.0 if best is None else self.estimate(best) * (1 + FASTER_BY)
+        ran = {r.key for r in seen}
+        hopeful = [c for c in self.candidates
+                   if c.predicted_speedup >= least and c.key() not in ran and model(c) >= floor]
+        picks = sorted(hopeful, key=lambda c: -c.predicted_speedup)[: self.width]
+        tried = {_family(r.config) for r in seen} | {_family(c.config) for c in picks}
+        for candidate in best_for_target(self.candidates, least, len(self.candidates), model, exclude=ran):
+            if _family(candidate.config) not in tried:
+                picks.append(candidate)
+                tried.add(_family(candidate.config))
+        return picks
+
     def _probes(self, front: List[Candidate], indices: List[int], seen: List[RunRecord]) -> List[List[Candidate]]:
         """For each probed speed, the best configs reaching it, re-ranked by the runs seen so far."""
         model = QualityModel(seen)
         return [best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH, model)
                 for i in indices]
+
+
+def _family(config: DitCacheConfig) -> Tuple[int, str]:
+    return config.cache_step_interval, config.reuse
 
 
 def _thin(front: List[Candidate], step: float) -> List[Candidate]:
