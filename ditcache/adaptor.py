@@ -153,6 +153,23 @@ class DitCacheAdaptor:
         self.last_search = CacheSearch(self, self.search_config, sequence_parallel).run(run_pipeline_and_save_videos, prompts_num)
         return self.last_search.config
 
+    def profile(
+        self, run_pipeline_and_save_videos: Callable[[Any], List[Any]], prompts_num: int = 1,
+        *, every: int = 1, sequence_parallel: bool = False,
+    ) -> Any:
+        """Where caching hurts on these videos: a :class:`~ditcache.search.sensitivity.SensitivityProfile`.
+
+        One calibration run and one probe run per ``every``-th step (journalled like a search's runs,
+        so a search with the same ``journal_dir`` reuses them); the callable is as for :meth:`search`.
+        """
+        from .search import CacheSearch
+
+        if self.search_config is None:
+            raise ValueError("profile needs a DitCacheSearchConfig: DitCacheAdaptor(pipeline, DitCacheSearchConfig(...))")
+        self._check_attached()
+        return CacheSearch(self, self.search_config, sequence_parallel).profile(run_pipeline_and_save_videos,
+                                                                                prompts_num, every)
+
     # --- beyond the spec --------------------------------------------------------------
 
     @property

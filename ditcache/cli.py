@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import DitCacheSearchConfig
 from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, check_device, check_guidance,
@@ -128,21 +128,17 @@ def _read_prompts(path: Optional[str]) -> List[str]:
     return prompts
 
 
-def _run_search(args: argparse.Namespace) -> None:
-    import logging
-
-    from . import DitCacheAdaptor
+def _search_inputs(args: argparse.Namespace, **search: Any) -> Tuple[Any, Callable[[Any], List[Any]], int]:
+    """The search config, every flag checked before the model loads; then the loaded bundled pipeline,
+    the callable making the videos searched on, and the number of prompts."""
     from .models.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_bundled_pipeline
 
     if not args.out.lower().endswith(".json"):
         raise ValueError(f"--out {args.out!r} is invalid: it must be a .json path")
     prompts = _read_prompts(args.prompts)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
-    config = search_config(
-        CLI_FLAGS, config_path=args.out, num_sampling_steps=steps, cache_ratio=args.cache_ratio,
-        min_psnr=args.min_psnr, max_interval=args.max_interval, reuse=args.reuse, confirm_pairs=args.confirm_pairs,
-        candidates_to_run=args.candidates_to_run, journal_dir=args.journal,
-    )
+    config = search_config(CLI_FLAGS, config_path=args.out, num_sampling_steps=steps, journal_dir=args.journal,
+                           **search)
     check_output_file("--out", args.out)
     check_output_folder("--journal", config.journal_dir)
     _check_request(args, prompts, "--prompts", steps)
@@ -154,10 +150,21 @@ def _run_search(args: argparse.Namespace) -> None:
                              num_inference_steps=steps, guidance_scale=guidance, seed=args.seed,
                              progress=False).images)
 
+    import logging
+
+    from . import DitCacheAdaptor
+
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    adaptor = DitCacheAdaptor(pipe, config)
+    return DitCacheAdaptor(pipe, config), run_pipeline_and_save_videos, len(prompts)
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    adaptor, run_pipeline_and_save_videos, prompts_num = _search_inputs(
+        args, cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.max_interval, reuse=args.reuse,
+        confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
+        sensitivity_every=args.sensitivity_every)
     try:
-        adaptor.search(run_pipeline_and_save_videos, prompts_num=len(prompts))
+        adaptor.search(run_pipeline_and_save_videos, prompts_num=prompts_num)
     finally:
         adaptor.remove()
     report = adaptor.last_search
@@ -166,6 +173,32 @@ def _run_search(args: argparse.Namespace) -> None:
         print(report.table())
         print(report.summary())
         print("wrote " + ", ".join(written))
+
+
+def _run_profile(args: argparse.Namespace) -> None:
+    if isinstance(args.every, bool) or args.every < 1:
+        raise ValueError(f"--every must be an int >= 1, got {args.every}")
+    adaptor, run_pipeline_and_save_videos, prompts_num = _search_inputs(args)
+    try:
+        profile = adaptor.profile(run_pipeline_and_save_videos, prompts_num=prompts_num, every=args.every)
+    finally:
+        adaptor.remove()
+    written = profile.save(args.out)
+    if not args.quiet:
+        worst = sorted(zip(profile.probe_psnr, profile.sensitivity.steps))[:5]
+        print("steps where one reuse hurts most: " + ", ".join(f"{step} ({psnr:.1f} dB)" for psnr, step in worst))
+        print(f"{profile.full_runs} full runs; wrote " + ", ".join(written))
+
+
+def _register_profile(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("profile", help="measure where caching hurts the bundled model: by step and block")
+    p.add_argument("--out", default="dit_cache_profile.json", help="the profile; a .png heatmap is written beside it")
+    p.add_argument("--every", type=int, default=1, help="probe every n-th step (1: every step)")
+    p.add_argument("--prompts", help="a text file with one prompt a line (default: two built-in prompts)")
+    p.add_argument("--journal", help="resumable journal folder (default: beside --out; a search given the same "
+                   "folder reuses the probes)")
+    _add_model_flags(p)
+    p.set_defaults(handler=_run_profile)
 
 
 def _register_search(subparsers: argparse._SubParsersAction) -> None:
@@ -183,11 +216,15 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
                    help="best-ranked configs run for real for a speedup target")
     p.add_argument("--confirm-pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
                    help="most interleaved uncached/cached run pairs confirming the winner's speedup (0: none)")
+    p.add_argument("--sensitivity-every", type=int, default=DitCacheSearchConfig.sensitivity_every,
+                   help="steps between the probe runs measuring each step's sensitivity (1: every step, the most "
+                   "thorough; 0: none)")
     _add_model_flags(p)
     p.set_defaults(handler=_run_search)
 
 
-_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_register_sample, _register_search]
+_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_register_sample, _register_search,
+                                                                    _register_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -179,8 +179,9 @@ class DitCacheSearchConfig:
     uncached / cached run pairs that measure the winner's speedup (median ratio; more than two only
     while they fall on both sides of the target); until then choices are made
     on predicted speedups, which carry no run-to-run noise (0: on each candidate's single screening timing
-    instead, with no pairs); ``journal_dir``
-    makes the search resumable.
+    instead, with no pairs); ``sensitivity_every`` spaces the probe runs that measure how much an
+    error at each step reaches the videos, which the ranking then weighs errors by (1: every step,
+    the most thorough; 0: no probes); ``journal_dir`` makes the search resumable.
     """
 
     cache_ratio: Optional[float] = None
@@ -192,6 +193,7 @@ class DitCacheSearchConfig:
     candidates_to_run: int = 3
     speed_margin: float = 0.02
     confirm_pairs: int = 3
+    sensitivity_every: int = 0
     journal_dir: Optional[str] = None
     reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
 
@@ -215,6 +217,7 @@ class DitCacheSearchConfig:
             self.min_psnr = check_number("min_psnr", self.min_psnr, 0.0)
         check_int("candidates_to_run", self.candidates_to_run, 1)
         check_int("confirm_pairs", self.confirm_pairs, 0)
+        check_int("sensitivity_every", self.sensitivity_every, 0)
         if isinstance(self.speed_margin, bool) or not isinstance(self.speed_margin, (int, float)) or not (
             0.0 <= self.speed_margin < 1.0
         ):

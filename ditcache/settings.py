@@ -32,6 +32,7 @@ class Flags:
     reuse: str
     confirm_pairs: str
     candidates_to_run: str
+    sensitivity_every: str
     journal: str
 
     def for_field(self, field: str) -> Optional[str]:
@@ -39,19 +40,20 @@ class Flags:
         names = {"cache_ratio": self.cache_ratio, "min_psnr": self.min_psnr, "num_sampling_steps": self.steps,
                  "cache_step_interval": self.max_interval, "reuse_modes": self.reuse,
                  "confirm_pairs": self.confirm_pairs, "candidates_to_run": self.candidates_to_run,
-                 "journal_dir": self.journal}
+                 "sensitivity_every": self.sensitivity_every, "journal_dir": self.journal}
         return names.get(field)
 
 
 CLI_FLAGS = Flags(
     steps="--steps", cache_config="--dit-cache-config", schedule="--schedule-timestep", cache_ratio="--cache-ratio",
     min_psnr="--min-psnr", max_interval="--max-interval", reuse="--reuse", confirm_pairs="--confirm-pairs",
-    candidates_to_run="--candidates-to-run", journal="--journal",
+    candidates_to_run="--candidates-to-run", sensitivity_every="--sensitivity-every", journal="--journal",
 )
 SAMPLER_FLAGS = Flags(
     steps="--num_sampling_steps", cache_config="--dit_cache_config", schedule="--schedule_timestep",
     cache_ratio="--cache_ratio", min_psnr="--min_psnr", max_interval="--cache_step_interval", reuse="--reuse",
-    confirm_pairs="--confirm_pairs", candidates_to_run="--candidates_to_run", journal="--journal_dir",
+    confirm_pairs="--confirm_pairs", candidates_to_run="--candidates_to_run", sensitivity_every="--sensitivity_every",
+    journal="--journal_dir",
 )
 
 
@@ -192,6 +194,7 @@ def search_config(flags: Flags, *, config_path: str, num_sampling_steps: int, ca
                   min_psnr: Optional[float] = None, max_interval: int = DitCacheSearchConfig.cache_step_interval,
                   reuse: Sequence[str] = DEFAULT_REUSE, confirm_pairs: int = DitCacheSearchConfig.confirm_pairs,
                   candidates_to_run: int = DitCacheSearchConfig.candidates_to_run,
+                  sensitivity_every: int = DitCacheSearchConfig.sensitivity_every,
                   journal_dir: Optional[str] = None) -> DitCacheSearchConfig:
     """The cache search's config from the flags, checked (ranges, nan) with errors naming the flags."""
     if cache_ratio is not None and min_psnr is not None:
@@ -201,7 +204,7 @@ def search_config(flags: Flags, *, config_path: str, num_sampling_steps: int, ca
         return DitCacheSearchConfig(
             cache_ratio=cache_ratio, min_psnr=min_psnr,
             num_sampling_steps=num_sampling_steps, cache_step_interval=max_interval, reuse_modes=tuple(reuse),
-            confirm_pairs=confirm_pairs, candidates_to_run=candidates_to_run,
+            confirm_pairs=confirm_pairs, candidates_to_run=candidates_to_run, sensitivity_every=sensitivity_every,
             journal_dir=journal_dir or journal_beside(config_path),
         )
     except ValueError as err:

@@ -92,9 +92,11 @@ class ReuseRule:
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         raise NotImplementedError
 
-    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+    def proxies(self, history: ResidualHistory, interval: int, end: int,
+                weights: Optional[np.ndarray] = None) -> np.ndarray:
         """Predicted error of the schedules caching steps ``start..end-1``, by ``start`` (``0..end-2``): the
-        guesses' squared errors summed over their reuse steps."""
+        guesses' squared errors summed over their reuse steps, each times its step's ``weights`` (how
+        much an error at that step reaches the output; by default 1)."""
         raise NotImplementedError
 
 
@@ -112,9 +114,10 @@ class Delta(ReuseRule):
     def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
         return {name: inputs[name] + stored.residual[name] for name in stored.residual}
 
-    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+    def proxies(self, history: ResidualHistory, interval: int, end: int,
+                weights: Optional[np.ndarray] = None) -> np.ndarray:
         _, t, phase, reused = schedules(interval, end)
-        return np.where(reused, self.lagged_errors(history)[t, phase], 0.0).sum(axis=1)
+        return _summed(self.lagged_errors(history)[t, phase], t, reused, weights)
 
     @staticmethod
     def lagged_errors(history: ResidualHistory) -> np.ndarray:
@@ -163,12 +166,13 @@ class Taylor1(Delta):
             for name in stored.residual
         }
 
-    def proxies(self, history: ResidualHistory, interval: int, end: int) -> np.ndarray:
+    def proxies(self, history: ResidualHistory, interval: int, end: int,
+                weights: Optional[np.ndarray] = None) -> np.ndarray:
         start, t, phase, reused = schedules(interval, end)
         errors = self.lagged_errors(history)[t, phase]
         extrapolated = t - phase - interval >= start  # two store steps exist before t
         errors = np.where(extrapolated, self.extrapolated_errors(history, interval)[t, phase], errors)
-        return np.where(reused, errors, 0.0).sum(axis=1)
+        return _summed(errors, t, reused, weights)
 
     @staticmethod
     def extrapolated_errors(history: ResidualHistory, interval: int) -> np.ndarray:
@@ -186,6 +190,13 @@ class Taylor1(Delta):
             return errors
 
         return history.table(("extrapolated", interval), build)
+
+
+def _summed(errors: np.ndarray, t: np.ndarray, reused: np.ndarray, weights: Optional[np.ndarray]) -> np.ndarray:
+    """Each schedule's errors over its reuse steps, weighted by step, summed."""
+    if weights is not None:
+        errors = errors * weights[t]
+    return np.where(reused, errors, 0.0).sum(axis=1)
 
 
 REUSE_RULES: Dict[str, ReuseRule] = {rule.name: rule for rule in (Delta(), Taylor1())}

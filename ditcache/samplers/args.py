@@ -89,6 +89,8 @@ def search_parser() -> argparse.ArgumentParser:
                         help="dit_cache: best-ranked configs run for real for a speedup target")
     search.add_argument("--confirm_pairs", type=int, default=DitCacheSearchConfig.confirm_pairs,
                         help="dit_cache: most interleaved uncached/cached run pairs confirming the winner's speedup")
+    search.add_argument("--sensitivity_every", type=int, default=DitCacheSearchConfig.sensitivity_every,
+                        help="dit_cache: steps between sensitivity probes (1: every step, the most thorough; 0: none)")
     search.add_argument("--cache_save_path", default="./dit_cache_config.json")
     search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")
@@ -174,7 +176,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             SAMPLER_FLAGS, config_path=args.cache_save_path, num_sampling_steps=args.num_sampling_steps,
             cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.cache_step_interval,
             reuse=args.reuse, confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
-            journal_dir=args.journal_dir,
+            sensitivity_every=args.sensitivity_every, journal_dir=args.journal_dir,
         )
         check_output_folder("--journal_dir", args.search_config.journal_dir)
     if getattr(args, "search_type", None) == "restep":

@@ -3,5 +3,6 @@ from .engine import CacheSearch
 from .records import RunRecord
 from .report import SearchReport
 from .runner import check_videos
+from .sensitivity import SensitivityProfile, StepSensitivity
 
-__all__ = ["CacheSearch", "RunRecord", "SearchReport", "check_videos"]
+__all__ = ["CacheSearch", "RunRecord", "SearchReport", "SensitivityProfile", "StepSensitivity", "check_videos"]

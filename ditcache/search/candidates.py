@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..cache.reuse import ResidualHistory, arithmetic_seconds, reuse_rule
 from ..config import DitCacheConfig
 from .recording import Calibration
@@ -63,10 +65,13 @@ def predicted_speedup(cal: Calibration, config: DitCacheConfig) -> float:
 
 
 def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Sequence[str] = ("delta",),
-                         spared_ends: Sequence[int] = SPARED_ENDS) -> List[Candidate]:
+                         spared_ends: Sequence[int] = SPARED_ENDS,
+                         step_weights: Optional[np.ndarray] = None) -> List[Candidate]:
     """Every (region, step start, interval, reuse mode, spared last steps) with its predicted speedup and proxy.
 
     ``spared_ends``: how many final steps may run in full (0: cache to the end, no ``cache_step_end``).
+    ``step_weights``: a measured sensitivity per step (:mod:`ditcache.search.sensitivity`) weighing
+    each reuse step's error by how much of it reaches the videos.
     """
     steps = cal.num_steps
     blocks = cal.block_in.shape[2]
@@ -82,7 +87,7 @@ def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Seque
                 for interval in range(2, max_interval + 1):
                     for spared in spared_ends:
                         end = None if spared == 0 else steps - spared
-                        proxies = rule.proxies(history, interval, end or steps)
+                        proxies = rule.proxies(history, interval, end or steps, step_weights)
                         for start, proxy in enumerate(proxies.tolist()):
                             config = DitCacheConfig(
                                 cache_step_start=start, cache_step_interval=interval, cache_block_start=s,

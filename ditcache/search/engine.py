@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from typing import Any, Dict
 
-from ..config import DitCacheSearchConfig
+from ..config import DitCacheSearchConfig, check_int
 from .candidates import enumerate_candidates
 from .journal import Journal, pipeline_modules, weights_fingerprint
 from .ranks import Ranks
 from .records import RunRecord
 from .report import SearchReport, logger
 from .runner import RunVideos, Runner
+from .sensitivity import SensitivityProfile, measure
 from .strategy import Strategy
 
 
@@ -40,21 +41,43 @@ class CacheSearch:
         self.config = config
         self.ranks = Ranks(sequence_parallel)
 
-    def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
+    def _runner(self, run_videos: RunVideos, prompts_num: int) -> Runner:
         if not callable(run_videos):
             raise ValueError(f"run_pipeline_and_save_videos must be callable, got {type(run_videos).__name__}")
         if isinstance(prompts_num, bool) or not isinstance(prompts_num, int) or prompts_num < 1:
             raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
-        started = time.perf_counter()
         journal_dir = self.config.journal_dir if self.ranks.is_main else None
         journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num))
-        runner = Runner(self.adaptor, self.config, run_videos, prompts_num, journal, self.ranks)
+        return Runner(self.adaptor, self.config, run_videos, prompts_num, journal, self.ranks)
+
+    def profile(self, run_videos: RunVideos, prompts_num: int = 1, every: int = 1) -> SensitivityProfile:
+        """Calibrate and probe every ``every``-th step: where caching hurts, by block and step."""
+        check_int("every", every, 1)
+        runner = self._runner(run_videos, prompts_num)
         saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
         try:
             calibration = runner.calibrate()
+            sensitivity = measure(runner, calibration, every)
+        finally:
+            self.adaptor.set_cache_config(saved_config)
+            if not saved_enabled:
+                self.adaptor.disable()
+        return SensitivityProfile.of(calibration, sensitivity, runner.full_runs)
+
+    def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
+        started = time.perf_counter()
+        runner = self._runner(run_videos, prompts_num)
+        journal = runner.journal
+        saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
+        try:
+            calibration = runner.calibrate()
+            every = self.config.sensitivity_every
+            sensitivity = measure(runner, calibration, every) if every else None
             candidates = []
             if self.ranks.is_main:
-                candidates = enumerate_candidates(calibration, self.config.cache_step_interval, self.config.reuse_modes)
+                candidates = enumerate_candidates(
+                    calibration, self.config.cache_step_interval, self.config.reuse_modes,
+                    step_weights=None if sensitivity is None else sensitivity.weights())
             strategy = Strategy(candidates, self.config, runner, self.ranks.decide, self.ranks.width)
             chosen = strategy.for_speedup() if self.config.min_psnr is None else strategy.for_quality()
         finally:
@@ -75,6 +98,7 @@ class CacheSearch:
                 "block_seconds": calibration.block_seconds,
                 "candidates_ranked": len(candidates),
                 "processes": self.ranks.world_size,
+                **({} if sensitivity is None else {"step_sensitivity": sensitivity.to_dict()}),
             },
         )
         if self.ranks.is_main:

@@ -39,6 +39,10 @@ class RunRecord:
         return cls(candidate.config, candidate.predicted_speedup, candidate.proxy, seconds,
                    uncached_seconds / seconds, scores["psnr"], scores["ssim"], scores["mse"])
 
+    def ranked_as(self, candidate: Candidate) -> "RunRecord":
+        """This run with ``candidate``'s predicted speedup and proxy (the same config, ranked anew)."""
+        return replace(self, predicted_speedup=candidate.predicted_speedup, proxy=candidate.proxy)
+
     @property
     def key(self) -> str:
         return config_key(self.config)

@@ -170,7 +170,8 @@ class Runner:
     def run(self, picks: List[Candidate], description: str) -> List[RunRecord]:
         """Run ``picks`` for real (spread over the ranks where each holds the model); every rank gets every record."""
         ranks = self.ranks
-        done = ranks.decide(lambda: {c.key(): RunRecord.from_dict(self.journal.runs[c.key()])
+        # a journalled run's measurements, under this search's ranking (its weights may differ from the run's)
+        done = ranks.decide(lambda: {c.key(): RunRecord.from_dict(self.journal.runs[c.key()]).ranked_as(c)
                                      for c in picks if c.key() in self.journal.runs})
         # runs found in the journal count once, as resumed; a config run earlier in this search costs nothing again
         resumed = sum(record.runs for key, record in done.items() if key in self._journalled)
