@@ -1,6 +1,7 @@
 """Wall-clock timing that is honest on accelerators: synchronise before reading the clock."""
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -36,18 +37,21 @@ def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> Tuple
 
 
 class BlockTimer:
-    """Time spent inside each block of a list, summed over the calls it sees.
+    """Time spent inside each block of a list over the calls it sees.
 
     Each block's ``forward`` is wrapped (as the cache patches it, so direct
     ``block.forward(...)`` calls count too) to read the clock around it,
     synchronising the device, so the time of block ``i`` is what a caller waits
     for it; everything else in a run is the "rest". Use as a context manager
     around one or more runs.
+
+    A block's time is the median of its calls times their number: a call slowed by
+    another process on the host (noise only ever slows) does not inflate it.
     """
 
     def __init__(self, blocks: Sequence[nn.Module]) -> None:
         self.blocks = list(blocks)
-        self.seconds: List[float] = [0.0] * len(self.blocks)
+        self.calls: List[List[float]] = [[] for _ in self.blocks]
         self._device = module_device(self.blocks[0])
         self._patch: Optional[InstancePatch] = None
         self._started: List[float] = [0.0] * len(self.blocks)
@@ -67,4 +71,9 @@ class BlockTimer:
 
     def _after(self, index: int, block: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         synchronize(self._device)
-        self.seconds[index] += time.perf_counter() - self._started[index]
+        self.calls[index].append(time.perf_counter() - self._started[index])
+
+    @property
+    def seconds(self) -> List[float]:
+        """Per block: the median call's time times the calls."""
+        return [statistics.median(calls) * len(calls) if calls else 0.0 for calls in self.calls]
