@@ -39,6 +39,9 @@ def test_search_then_sample_with_the_config(tmp_path):
         (["search", "--height", "36"], "--height 36 is invalid"),
         (["search", "--out", "/proc/c.json"], "--out: folder '/proc' is not writable"),
         (["search", "--journal", "/proc/j"], "--journal: folder '/proc' is not writable"),
+        (["search", "--sensitivity-every", "-1"], "--sensitivity-every must be an int >= 0, got -1"),
+        (["profile", "--every", "0"], "--every must be an int >= 1, got 0"),
+        (["profile", "--out", "p.txt"], "--out 'p.txt' is invalid: it must be a .json path"),
     ],
 )
 def test_bad_search_input(argv, message, capsys, tmp_path, monkeypatch):

@@ -103,19 +103,3 @@ def test_profile_command_writes_the_heatmap_and_its_json(tmp_path):
     assert all(math.isfinite(v) for row in psnr for v in row[1:])
     assert (tmp_path / "profile.png").stat().st_size > 1000
     assert profile["full_runs"] == 2 + 4  # the calibration's two runs and one probe a probed step
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["profile", "--every", "0"], "--every must be an int >= 1, got 0"),
-    (["profile", "--out", "p.txt"], "--out 'p.txt' is invalid: it must be a .json path"),
-    (["search", "--sensitivity-every", "-1"], "--sensitivity-every must be an int >= 0, got -1"),
-])
-def test_bad_profile_input(argv, message, capsys, tmp_path, monkeypatch):
-    import ditcache.models.pipeline as pipeline
-
-    loads = []
-    monkeypatch.setattr(pipeline, "load_bundled_pipeline", lambda *a, **k: loads.append(1))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err and not loads

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .._atomic import atomic_write, atomic_write_text
 from ..config import DitCacheConfig
@@ -80,13 +80,8 @@ class SearchReport:
 
     def plot(self, path: str) -> bool:
         """PSNR against measured speedup (confirmed where it was) of every candidate run; False without matplotlib."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            logger.warning("matplotlib is not installed: no plot (pip install 'ditcache[metrics]')")
+        plt = pyplot()
+        if plt is None:
             return False
         figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
         finite = [r for r in self.runs if math.isfinite(r.psnr)]
@@ -99,9 +94,27 @@ class SearchReport:
         axis.grid(alpha=0.3)
         axis.legend()
         figure.tight_layout()
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-        plt.close(figure)
+        save_figure(plt, figure, path)
         return True
+
+
+def pyplot() -> Optional[Any]:
+    """matplotlib's pyplot on a file-only backend, or ``None`` (after a warning) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot (pip install 'ditcache[metrics]')")
+        return None
+    return plt
+
+
+def save_figure(plt: Any, figure: Any, path: str) -> None:
+    """Write ``figure`` to ``path`` as a PNG, atomically, and free it."""
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
 
 
 def _fmt(value: float) -> str:

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from .._atomic import atomic_write, atomic_write_text
+from .._atomic import atomic_write_text
 from ..cache.reuse import Delta, ResidualHistory
 from ..config import DitCacheConfig
 from ..metrics import psnr_from_mse
 from .candidates import Candidate, predicted_speedup
 from .recording import Calibration
 from .records import RunRecord
-from .report import logger
+from .report import logger, pyplot, save_figure
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -149,13 +149,8 @@ class SensitivityProfile:
 
     def plot(self, path: str) -> bool:
         """The block x step heatmap of predicted PSNR over the probes' measured PSNR; False without matplotlib."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            logger.warning("matplotlib is not installed: no plot (pip install 'ditcache[metrics]')")
+        plt = pyplot()
+        if plt is None:
             return False
         figure, (probes_axis, map_axis) = plt.subplots(
             2, 1, figsize=(8, 6), dpi=110, sharex=True, gridspec_kw={"height_ratios": [1, 2]})
@@ -168,6 +163,5 @@ class SensitivityProfile:
         map_axis.set_ylabel("block")
         map_axis.set_title("reusing one block at one step (predicted PSNR, dB: low hurts)")
         figure.colorbar(image, ax=[probes_axis, map_axis], shrink=0.6)
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-        plt.close(figure)
+        save_figure(plt, figure, path)
         return True
