@@ -24,7 +24,9 @@ journals there too, so delete its journal-* folders after changing the search.
 
     python bench/search.py                       # everything (long on 2 CPU cores)
     python bench/search.py --parts ours,reference
-    python bench/search.py --parts runs          # full runs of both strategies, 32 blocks, 100 steps
+    python bench/search.py --parts runs          # full runs and wall time of both strategies, 32 blocks, 100 steps
+    python bench/search.py --parts stability     # the same search 10 times: how far its picks move
+    python bench/search.py --parts ours --sensitivity-every 1 --out bench/results/search-thorough.json
     python bench/search.py --parts reuse --out bench/results/reuse.json   # constant vs extrapolated (taylor1)
     python bench/search.py --parts reuse --scheduler euler --out bench/results/reuse-euler.json
     python bench/search.py --parts landscape     # PSNR over every step start, a few regions and intervals
@@ -65,26 +67,34 @@ class Setting:
     """
 
     def __init__(self, steps: int, prompts: Sequence[str], cache: str, scheduler: str = DEFAULT_SCHEDULER,
-                 untrained_blocks: Optional[int] = None) -> None:
-        self.steps, self.prompts, self.scheduler = steps, list(prompts), scheduler
+                 untrained_blocks: Optional[int] = None, seed: int = 0) -> None:
+        self.steps, self.prompts, self.scheduler, self.seed = steps, list(prompts), scheduler, seed
         self.pipe = load_bundled_pipeline(scheduler=scheduler)
         if untrained_blocks is not None:
             torch.manual_seed(0)
             config = {**self.pipe.transformer.config, "num_layers": untrained_blocks}
             self.pipe.transformer = ShapesT2V.from_config(config).eval()
         self.blocks = len(self.pipe.transformer.transformer_blocks)
-        tag = hashlib.sha1(json.dumps([steps, self.prompts, scheduler, DEFAULT_GUIDANCE]).encode()).hexdigest()[:10]
+        tagged = [steps, self.prompts, scheduler, DEFAULT_GUIDANCE] + ([seed] if seed else [])  # seed 0: older caches
+        tag = hashlib.sha1(json.dumps(tagged).encode()).hexdigest()[:10]
         model = weights_fingerprint() if untrained_blocks is None else f"untrained{untrained_blocks}"
         self.cache = os.path.join(cache, model, f"s{steps}-p{len(self.prompts)}-{tag}")
         os.makedirs(self.cache, exist_ok=True)
         self.reference, self.uncached_seconds = self.videos(None)
 
     def __call__(self, pipe) -> List[np.ndarray]:
-        return list(pipe(self.prompts, num_inference_steps=self.steps, seed=0, progress=False).images)
+        return list(pipe(self.prompts, num_inference_steps=self.steps, seed=self.seed, progress=False).images)
+
+    def _path(self, config: Optional[DitCacheConfig]) -> str:
+        key = "uncached" if config is None else "-".join(str(v) for v in dict(config).values())
+        return os.path.join(self.cache, key + ".npz")
+
+    def has(self, config: Optional[DitCacheConfig]) -> bool:
+        """Whether ``config``'s run is in the cache already."""
+        return os.path.exists(self._path(config))
 
     def videos(self, config: Optional[DitCacheConfig]):
-        key = "uncached" if config is None else "-".join(str(v) for v in dict(config).values())
-        path = os.path.join(self.cache, key + ".npz")
+        path = self._path(config)
         if os.path.exists(path):
             data = np.load(path)
             return list(data["videos"]), float(data["seconds"])
@@ -115,10 +125,11 @@ class Setting:
         return {**scores, "fidelity": fidelity["mean"]}
 
 
-def ours(setting: Setting, target: Optional[float], floor: Optional[float], journal: str,
-         reuse_modes: Sequence[str] = ("delta", "taylor1")) -> Dict:
-    config = DitCacheSearchConfig(cache_ratio=target or 1.3, min_psnr=floor, num_sampling_steps=setting.steps,
-                                  journal_dir=journal, reuse_modes=tuple(reuse_modes))
+def ours(setting: Setting, target: Optional[float], floor: Optional[float], journal: Optional[str],
+         reuse_modes: Sequence[str] = ("delta", "taylor1"), sensitivity_every: int = 0) -> Dict:
+    config = DitCacheSearchConfig(cache_ratio=target, min_psnr=floor, num_sampling_steps=setting.steps,
+                                  journal_dir=journal, reuse_modes=tuple(reuse_modes),
+                                  sensitivity_every=sensitivity_every)
     adaptor = DitCacheAdaptor(setting.pipe, config)
     try:
         adaptor.search(setting, prompts_num=len(setting.prompts))
@@ -133,6 +144,25 @@ def ours(setting: Setting, target: Optional[float], floor: Optional[float], jour
         "seconds": report.seconds, "predicted": report.chosen.predicted_speedup,
         "measured": setting.speedup(report.config), **setting.quality(videos),
     }
+
+
+def stability(setting: Setting, target: Optional[float], floor: Optional[float], repeats: int) -> Dict:
+    """The same search made ``repeats`` times on the same inputs, each calibrating afresh (its own timings)."""
+    picks = []
+    for _ in range(repeats):
+        config = DitCacheSearchConfig(cache_ratio=target, min_psnr=floor, num_sampling_steps=setting.steps)
+        adaptor = DitCacheAdaptor(setting.pipe, config)
+        try:
+            adaptor.search(setting, prompts_num=len(setting.prompts))
+        finally:
+            adaptor.remove()
+        chosen = adaptor.last_search.chosen
+        picks.append({"config": chosen.key, "psnr": chosen.psnr, "speedup": chosen.speedup})
+        print(f"  {picks[-1]}", flush=True)
+    psnrs, speeds = [p["psnr"] for p in picks], [p["speedup"] for p in picks]
+    return {"goal": f">= {target:g}x" if floor is None else f"PSNR >= {floor:g} dB", "repeats": repeats,
+            "distinct_configs": len({p["config"] for p in picks}), "psnr_range_db": max(psnrs) - min(psnrs),
+            "speed_range": max(speeds) / min(speeds) - 1, "picks": picks}
 
 
 def _mp4_roundtrip(videos: List[np.ndarray]) -> List[np.ndarray]:
@@ -151,6 +181,7 @@ def _mp4_roundtrip(videos: List[np.ndarray]) -> List[np.ndarray]:
 
 
 def reference_strategy(setting: Setting, target: float, interval: int = 2) -> Dict:
+    started = time.perf_counter()
     blocks, steps, late_start = setting.blocks, setting.steps, 5
     reuse = (steps - late_start) // interval
     length = int(blocks * steps * (1 - 1 / target) / reuse) - 1  # the nominal minimum, rounded as it does
@@ -178,8 +209,10 @@ def reference_strategy(setting: Setting, target: float, interval: int = 2) -> Di
     start, count, step = min(tried, key=tried.get)
     config = DitCacheConfig(step, interval, start, count)
     videos, _ = setting.videos(config)
+    seconds = time.perf_counter() - started  # its search: every run made here when the run cache was empty
     nominal = blocks * steps / (blocks * steps - count * ((steps - step) - -(-(steps - step) // interval)))
-    return {"goal": f">= {target:g}x", "runs": 1 + len(tried), "config": config.to_dict(), "nominal": nominal,
+    return {"goal": f">= {target:g}x", "runs": 1 + len(tried), "seconds": seconds, "config": config.to_dict(),
+            "nominal": nominal,
             "measured": setting.speedup(config), **setting.quality(videos)}
 
 
@@ -310,7 +343,7 @@ def table(rows: List[Dict], columns: Sequence[str]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ours,reference,runs,reuse,landscape,frontier")
+    parser.add_argument("--parts", default="ours,reference,runs,reuse,landscape,frontier,stability")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS))
     parser.add_argument("--targets", type=float, nargs="+", default=[1.3, 1.5, 2.0, 2.5])
@@ -322,6 +355,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep-starts", type=int, nargs="+", default=[0, 2, 4, 6, 8])
     parser.add_argument("--sweep-intervals", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--sweep-reuse", nargs="+", default=["delta", "taylor1"], choices=["delta", "taylor1"])
+    parser.add_argument("--sensitivity-every", type=int, default=0,
+                        help="ours/runs parts: the search's sensitivity probes (1: every step, the thorough mode)")
+    parser.add_argument("--stability-repeats", type=int, default=10, help="stability part: searches per goal")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
     parser.add_argument("--out", help="JSON results (default: results/search.json for ours/reference, "
@@ -337,15 +373,24 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    if parts & {"ours", "reference", "reuse", "landscape"}:
+    if parts & {"ours", "reference", "reuse", "landscape", "stability"}:
         setting = Setting(args.steps, PROMPTS, args.cache, args.scheduler)
         print(f"bundled model, {setting.blocks} blocks, {args.scheduler}, {args.steps} steps, {len(PROMPTS)} prompts; "
               f"uncached run {setting.uncached_seconds:.2f} s")
     if "ours" in parts:
-        results["ours"] = [ours(setting, t, None, os.path.join(setting.cache, f"journal-x{t:g}")) for t in args.targets]
-        results["ours"] += [ours(setting, None, f, os.path.join(setting.cache, f"journal-{f:g}dB")) for f in args.floors]
+        # one journal for every goal: the calibration and the probes are made once and read back after
+        journal = os.path.join(setting.cache, f"journal-ours-p{args.sensitivity_every}")
+        results["ours"] = [ours(setting, t, None, journal, sensitivity_every=args.sensitivity_every)
+                           for t in args.targets]
+        results["ours"] += [ours(setting, None, f, journal, sensitivity_every=args.sensitivity_every)
+                            for f in args.floors]
         print("\n## ours\n" + table(results["ours"], ["goal", "config", "runs", "seconds", "predicted", "measured",
                                                       "psnr", "ssim", "fidelity", "note"]))
+    if "stability" in parts:
+        results["stability"] = [stability(setting, t, None, args.stability_repeats) for t in args.targets]
+        results["stability"] += [stability(setting, None, f, args.stability_repeats) for f in args.floors]
+        print("\n## stability\n" + table(results["stability"], ["goal", "repeats", "distinct_configs", "psnr_range_db",
+                                                               "speed_range"]))
     if "reference" in parts:
         results["reference"] = [reference_strategy(setting, t) for t in args.targets]
         print("\n## reference strategy\n" + table(results["reference"], ["goal", "config", "runs", "nominal",
@@ -366,15 +411,18 @@ def main(argv=None) -> None:
             results["landscape_summary"], ["region", "interval", "min_psnr", "max_psnr",
                                            "largest_neighbour_change_db", "median_neighbour_change_db"]))
     if "runs" in parts:
-        deep = Setting(args.runs_steps, PROMPTS[:1], args.cache, args.scheduler, untrained_blocks=args.runs_blocks)
-        print(f"untrained {deep.blocks}-block model, {args.runs_steps} steps, 1 prompt; "
-              f"uncached run {deep.uncached_seconds:.2f} s")
-        results["runs"] = [
-            {"strategy": "ours", **ours(deep, 1.3, None, os.path.join(deep.cache, "journal-x1.3"))},
-            {"strategy": "reference", **reference_strategy(deep, 1.3)},
-        ]
+        with tempfile.TemporaryDirectory() as fresh:  # no run read back: both searches' wall times are real
+            deep = Setting(args.runs_steps, PROMPTS[:1], fresh, args.scheduler, untrained_blocks=args.runs_blocks)
+            print(f"untrained {deep.blocks}-block model, {args.runs_steps} steps, 1 prompt; "
+                  f"uncached run {deep.uncached_seconds:.2f} s")
+            results["runs"] = [
+                {"strategy": "reference", **reference_strategy(deep, 1.3)},
+                {"strategy": "ours", **ours(deep, 1.3, None, None, sensitivity_every=args.sensitivity_every)},
+            ]
+        results["runs"][1]["seconds_vs_reference"] = results["runs"][1]["seconds"] / results["runs"][0]["seconds"]
         print(f"\n## full runs at 1.3x, {deep.blocks} blocks, {args.runs_steps} steps\n" + table(
-            results["runs"], ["strategy", "config", "runs", "measured", "psnr", "note"]))
+            results["runs"], ["strategy", "config", "runs", "seconds", "seconds_vs_reference", "measured", "psnr",
+                              "note"]))
     if "frontier" in parts:
         short = Setting(args.sweep_steps, PROMPTS[: args.sweep_prompts], args.cache, args.scheduler)
         rows = sweep(short, [s for s in args.sweep_starts if s < args.sweep_steps], args.sweep_intervals,
