@@ -1,4 +1,7 @@
-"""The search's gap to a dense sweep on the bundled model, with and without step-sensitivity probes.
+"""The search's gap to a dense sweep on the bundled model: by default, with more screening, and thorough.
+
+Three modes: the default search; the same with ten configs screened; and the thorough one, ten
+screened after one sensitivity probe a step (``sensitivity_every=1, candidates_to_run=10``).
 
 The sweep runs every config of the whole model's region: every step start, every interval 2-4, both
 reuse modes, and 0-2 spared final steps (846 configs at 50 steps), plus one probe a step. The
@@ -42,6 +45,7 @@ from search import PROMPTS, Setting, table  # noqa: E402
 HELD_OUT_PROMPTS = ["a green triangle moving left", "a yellow circle moving down"]
 HELD_OUT_SEED = 1
 SPARED = (0, 1, 2)
+THOROUGH_SCREENING = 10  # configs screened by the thorough mode (candidates_to_run)
 MAX_INTERVAL = 4
 
 
@@ -158,7 +162,6 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--targets", type=float, nargs="+", default=[round(1.2 + 0.05 * i, 2) for i in range(37)])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--candidates-to-run", type=int, default=DitCacheSearchConfig.candidates_to_run)
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
     parser.add_argument("--held-out-stride", type=int, default=0,
                         help="also score the picks on held-out prompts and seed, against a sweep of every n-th step "
@@ -190,8 +193,11 @@ def main(argv=None) -> None:
         results["held_out"] = {"prompts": HELD_OUT_PROMPTS, "seed": HELD_OUT_SEED, "stride": args.held_out_stride}
     predicted = {c.key(): c.predicted_speedup for c in enumerate_candidates(calibration, MAX_INTERVAL, REUSE_MODES,
                                                                             (0, 1, 2, 3))}
-    for mode, weights, extra in (("fast", None, 0), ("thorough", profile.weights(), args.steps - 1)):
-        rows = gaps(setting, calibration, weights, args.targets, swept, args.candidates_to_run)
+    modes = (("default", None, DitCacheSearchConfig.candidates_to_run, 0),
+             (f"{THOROUGH_SCREENING} screened", None, THOROUGH_SCREENING, 0),
+             (f"probes + {THOROUGH_SCREENING} screened", profile.weights(), THOROUGH_SCREENING, args.steps - 1))
+    for mode, weights, screened, extra in modes:
+        rows = gaps(setting, calibration, weights, args.targets, swept, screened)
         if other is not None:
             held_out(other, rows, configs, args.held_out_stride, predicted)
         results["modes"][mode] = {"summary": summary(rows, mode, extra), "rows": rows}
