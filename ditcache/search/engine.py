@@ -62,7 +62,8 @@ class CacheSearch:
             self.adaptor.set_cache_config(saved_config)
             if not saved_enabled:
                 self.adaptor.disable()
-        return SensitivityProfile.of(calibration, sensitivity, runner.full_runs)
+        # rank 0 holds the calibration's sketches (the other ranks only its references)
+        return self.ranks.decide(lambda: SensitivityProfile.of(calibration, sensitivity, runner.full_runs))
 
     def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
         started = time.perf_counter()
