@@ -36,12 +36,14 @@ def test_search_then_sample_with_two_processes(tmp_path):
     # far below the time rank 1 waits while rank 0 alone times the winner: it is for dead ranks, not busy ones
     searched = run("samplers.search_t2v_sp", ["--text_prompt", PROMPTS[0], "--num_sampling_steps", "12",
                                               "--min_psnr", "30", "--cache_save_path", str(config_path),
-                                              "--timeout", "3"], nproc=2)
+                                              "--sensitivity_every", "3", "--timeout", "3"], nproc=2)
     assert searched.returncode == 0, searched.stderr[-3000:]
     config = DitCacheConfig.load(config_path)
     assert config.num_sampling_steps == 12
     report = json.loads((tmp_path / "dit_cache_config.search.json").read_text())
     assert report["calibration"]["processes"] == 2 and report["chosen"]["psnr"] >= 30
+    # the sensitivity probes were spread over both processes and are in the report
+    assert report["calibration"]["step_sensitivity"]["steps"] == [1, 4, 7, 10, 11]
     assert (tmp_path / "dit_cache_config.search.png").stat().st_size > 0
 
     out = tmp_path / "videos"
@@ -159,6 +161,7 @@ def test_search_flags_resolve_into_the_search_config(tmp_path):
     assert config.reuse_modes == ("delta",) and config.min_psnr == 30.0 and config.num_sampling_steps == 50
     assert config.journal_dir == str(tmp_path / "c.journal")
     assert parse("search", ["--text_prompt", PROMPTS[0]]).search_config.reuse_modes == ("delta", "taylor1")
+    assert parse("search", ["--text_prompt", PROMPTS[0], "--sensitivity_every", "1"]).search_config.sensitivity_every == 1
 
 
 def test_bad_sample_flags(tmp_path, capsys):
