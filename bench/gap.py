@@ -203,7 +203,19 @@ def main(argv=None) -> None:
         results["modes"][mode] = {"summary": summary(rows, mode, extra), "rows": rows}
         print(f"\n## {mode}\n" + table(rows, ["target", "config", "predicted", "psnr", "sweep_psnr", "gap_db", "runs",
                                               "held_out_psnr", "held_out_sweep_psnr", "held_out_gap_db", "note"]))
-    print("\n## summary\n" + table([m["summary"] for m in results["modes"].values()],
+    half = args.steps // 2
+    subsets = {f"steps 1-{half - 1} and the last": set(range(1, half)) | {args.steps - 1},
+               f"steps 1-{half - 1}, then every 4th": set(range(1, half)) | set(range(half, args.steps, 4))
+               | {args.steps - 1}}
+    results["probe_subsets"] = []
+    for name, steps in subsets.items():  # cheaper probe plans: weights from part of the probes
+        kept = [i for i, step in enumerate(profile.steps) if step in steps]
+        part = StepSensitivity(args.steps, tuple(profile.steps[i] for i in kept),
+                               tuple(profile.damage[i] for i in kept), tuple(profile.injected[i] for i in kept))
+        rows = gaps(setting, calibration, part.weights(), args.targets, swept, THOROUGH_SCREENING)
+        results["probe_subsets"].append(summary(rows, f"probes at {name} + {THOROUGH_SCREENING} screened",
+                                                len(kept)))
+    print("\n## summary\n" + table([m["summary"] for m in results["modes"].values()] + results["probe_subsets"],
                                    ["mode", "targets", "mean_gap_db", "max_gap_db", "within_0.3_db",
                                     "gap_at_1.3x", "gap_at_1.5x", "gap_at_2x", "gap_at_2.5x", "runs_per_search",
                                     "held_out_mean_gap_db", "held_out_within_0.3_db"]))
