@@ -15,7 +15,6 @@ exactly.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ from .. import steps
 from .._patch import InstancePatch
 from ..component_config import ComponentCacheConfig, parse_key
 from .reuse import Stored, reuse_rule
+from .run_state import RunState
 
 # Sub-layer attributes of known block classes, by class name (the core never imports diffusers).
 # diffusers' BasicTransformerBlock is also the bundled model's block; its ``attn2`` is None without
@@ -95,14 +95,9 @@ class _Kept:
     version: int
 
 
-class _State(threading.local):
-    def __init__(self) -> None:
-        self.reset()
-
+class _State(RunState):
     def reset(self, run: Optional[int] = None) -> None:
-        self.run = run
-        self.step: Optional[int] = None
-        self.highest: Optional[int] = None  # the last step this run reached
+        super().reset(run)
         self.calls: Dict[Tuple[int, str], int] = {}
         self.kept: Dict[Tuple[int, int, str], _Kept] = {}
 
@@ -167,7 +162,7 @@ class CachedComponents:
 
     def on_run_end(self, check: bool) -> None:
         state = self._state
-        made = state.highest + 1 if state.run == steps.current_run() and state.highest is not None else None
+        made = state.steps_made()
         state.reset()
         wanted = self.config.num_sampling_steps
         if check and made is not None and made != wanted:
@@ -192,9 +187,7 @@ class CachedComponents:
                 f"step {step} is beyond the component schedule's {wanted} steps; calibrate again for this run's "
                 f"steps or run with {wanted}"
             )
-        if state.step != step:
-            state.step = step
-            state.highest = step if state.highest is None else max(step, state.highest)
+        if state.enter_step(step):
             state.calls = {}
         return step
 

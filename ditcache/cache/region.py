@@ -14,7 +14,6 @@ graph (:mod:`ditcache.cache.graph`).
 """
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -27,21 +26,17 @@ from ..streams import BlockStreams, block_streams
 from .blocks import BlockChain, OrderCheck
 from .graph import graph_boundary, outside_graph
 from .reuse import ReuseRule, Stored, reuse_rule
+from .run_state import RunState
 
 # Roles of a block in its segment of the region.
 _START, _INNER, _END, _ONLY = "start", "inner", "end", "only"
 
 
-class _PassState(threading.local):
+class _PassState(RunState):
     """What one thread caches: what was stored per forward pass of a step and segment, and the current pass."""
 
-    def __init__(self) -> None:
-        self.reset()
-
     def reset(self, run: Optional[int] = None) -> None:
-        self.run = run
-        self.step: Optional[int] = None
-        self.highest: Optional[int] = None  # the last step this run reached
+        super().reset(run)
         self.passes = 0
         self.mode = "full"  # the pass's decision, taken at the region's first block
         self.segment_mode = "full"  # the current segment's: a reuse pass stores a segment it has nothing for
@@ -155,7 +150,7 @@ class CachedRegion:
 
     def on_run_end(self, check: bool) -> None:
         state = self._state
-        made = state.highest + 1 if state.run == steps.current_run() and state.highest is not None else None
+        made = state.steps_made()
         state.reset()
         if check and made is not None:
             self._check_steps(made, ended=True)
@@ -177,10 +172,8 @@ class CachedRegion:
             state.reset(run)
             if steps.current_total() is not None:
                 self._check_steps(steps.current_total(), ended=False)
-        if state.step != step:
-            state.step = step
+        if state.enter_step(step):
             state.passes = 0
-            state.highest = step if state.highest is None else max(step, state.highest)
             limit = self.config.num_sampling_steps if self.config is not None else None
             if limit is not None and step >= limit:
                 raise ValueError(
