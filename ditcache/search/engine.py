@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator
 
 from ..config import DitCacheSearchConfig, check_int
 from .candidates import enumerate_candidates
@@ -41,6 +42,17 @@ class CacheSearch:
         self.config = config
         self.ranks = Ranks(sequence_parallel)
 
+    @contextmanager
+    def _adaptor_kept(self) -> Iterator[None]:
+        """Leave the adaptor's config and on/off state as they were, whatever the runs set."""
+        saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
+        try:
+            yield
+        finally:
+            self.adaptor.set_cache_config(saved_config)
+            if not saved_enabled:
+                self.adaptor.disable()
+
     def _runner(self, run_videos: RunVideos, prompts_num: int) -> Runner:
         if not callable(run_videos):
             raise ValueError(f"run_pipeline_and_save_videos must be callable, got {type(run_videos).__name__}")
@@ -54,14 +66,9 @@ class CacheSearch:
         """Calibrate and probe every ``every``-th step: where caching hurts, by block and step."""
         check_int("every", every, 1)
         runner = self._runner(run_videos, prompts_num)
-        saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
-        try:
+        with self._adaptor_kept():
             calibration = runner.calibrate()
             sensitivity = measure(runner, calibration, every)
-        finally:
-            self.adaptor.set_cache_config(saved_config)
-            if not saved_enabled:
-                self.adaptor.disable()
         # rank 0 holds the calibration's sketches (the other ranks only its references)
         return self.ranks.decide(lambda: SensitivityProfile.of(calibration, sensitivity, runner.full_runs))
 
@@ -69,8 +76,7 @@ class CacheSearch:
         started = time.perf_counter()
         runner = self._runner(run_videos, prompts_num)
         journal = runner.journal
-        saved_config, saved_enabled = self.adaptor.cache_config, self.adaptor.enabled
-        try:
+        with self._adaptor_kept():
             calibration = runner.calibrate()
             every = self.config.sensitivity_every
             sensitivity = measure(runner, calibration, every) if every else None
@@ -81,10 +87,6 @@ class CacheSearch:
                     step_weights=None if sensitivity is None else sensitivity.weights())
             strategy = Strategy(candidates, self.config, runner, self.ranks.decide, self.ranks.width)
             chosen = strategy.for_speedup() if self.config.min_psnr is None else strategy.for_quality()
-        finally:
-            self.adaptor.set_cache_config(saved_config)
-            if not saved_enabled:
-                self.adaptor.disable()
         report = SearchReport(
             goal=self.config.goal,
             config=chosen.config,
