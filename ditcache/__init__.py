@@ -5,6 +5,7 @@ The core (this namespace) needs only torch, numpy and tqdm.
 from .adaptor import DitCacheAdaptor
 from .cache.blocks import register_family
 from .cache.components import register_block_components
+from .cache.output import register_output_head
 from .component_config import ComponentCacheConfig
 from .compile import compile_blocks
 from .config import DitCacheConfig, DitCacheSearchConfig
@@ -22,6 +23,7 @@ __all__ = [
     "register_block_components",
     "register_block_outputs",
     "register_family",
+    "register_output_head",
     "timestep_aware",
 ]
 __version__ = "0.1.0"

@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Union
 
-from torch import nn
 
 from . import steps
-from .cache.blocks import BlockPath, find_blocks
+from .cache.blocks import BlockChain, BlockPath, find_blocks
 from .cache.components import CachedComponents, check_schedule
+from .cache.output import find_output_head
 from .cache.region import CachedRegion, is_cached
 from .component_config import ComponentCacheConfig, is_component_schedule
 from .config import DitCacheConfig, DitCacheSearchConfig, check_int, read_json
@@ -22,18 +22,26 @@ from .config import DitCacheConfig, DitCacheSearchConfig, check_int, read_json
 AnyCacheConfig = Union[DitCacheConfig, ComponentCacheConfig]
 
 
-def check_region(config: DitCacheConfig, num_blocks: int) -> None:
-    """Refuse a region that does not fit a model of ``num_blocks`` blocks."""
+def check_region(config: DitCacheConfig, chain: BlockChain) -> None:
+    """Refuse a region that does not fit ``chain`` (or, reusing at the output, a model without an output head)."""
+    num_blocks = len(chain)
     check_int("cache_block_start", config.cache_block_start, 0, num_blocks - 1)
     check_int("cache_num_blocks", config.cache_num_blocks, 1, num_blocks - config.cache_block_start)
+    if config.reuse_at == "output":
+        if config.cache_num_blocks != num_blocks:
+            raise ValueError(
+                f"reuse_at='output' skips every block, so cache_num_blocks must be {num_blocks} (the whole chain "
+                f"{chain.describe()}), got {config.cache_num_blocks}"
+            )
+        find_output_head(chain.owner)
 
 
-def check_fits(config: AnyCacheConfig, blocks: Sequence[nn.Module]) -> None:
-    """Refuse a region or a component schedule that does not fit ``blocks``."""
+def check_fits(config: AnyCacheConfig, chain: BlockChain) -> None:
+    """Refuse a region or a component schedule that does not fit ``chain``."""
     if isinstance(config, ComponentCacheConfig):
-        check_schedule(config, blocks)
+        check_schedule(config, chain.blocks)
     else:
-        check_region(config, len(blocks))
+        check_region(config, chain)
 
 
 class DitCacheAdaptor:
@@ -77,7 +85,7 @@ class DitCacheAdaptor:
                 )
             self.search_config = dataclasses.replace(config, dit_block_num=len(blocks))
         elif config is not None:
-            check_fits(config, blocks)
+            check_fits(config, chain)
 
         self.pipeline = pipeline
         self.chain = chain
@@ -118,6 +126,7 @@ class DitCacheAdaptor:
         num_sampling_steps: Optional[int] = None,
         reuse: str = "delta",
         cache_step_end: Optional[int] = None,
+        reuse_at: str = "region",
     ) -> None:
         """Apply a cache region and step schedule, and turn caching on."""
         self.set_cache_config(
@@ -129,6 +138,7 @@ class DitCacheAdaptor:
                 num_sampling_steps=num_sampling_steps,
                 reuse=reuse,
                 cache_step_end=cache_step_end,
+                reuse_at=reuse_at,
             )
         )
 
@@ -185,7 +195,7 @@ class DitCacheAdaptor:
                     f"config must be a DitCacheConfig, a ComponentCacheConfig or None, got {type(config).__name__}"
                 )
             self._check_attached()
-            check_fits(config, self.blocks)
+            check_fits(config, self.chain)
         with self._lock:
             self._cache_config = config
             self._enabled = True

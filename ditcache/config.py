@@ -15,6 +15,7 @@ from .cache.reuse import REUSE_RULES
 
 PathLike = Union[str, "os.PathLike[str]"]
 REUSE_MODES = tuple(REUSE_RULES)
+REUSE_POINTS = ("region", "output")
 DEFAULT_CACHE_RATIO = 1.3
 
 
@@ -67,8 +68,15 @@ class DitCacheConfig:
     ``reuse`` says what a reuse step adds: ``"delta"`` (the spec's) adds the
     residual of the last store step; ``"taylor1"`` extrapolates it to first
     order from the last two store steps by the step distance (falling back to
-    the constant residual until two store steps exist). A file without the key
+    the constant residual until two store steps exist); ``"taylor2"`` to second
+    order from the last three. A file without the key
     means ``"delta"``, so the spec's four-key files keep their meaning.
+
+    ``reuse_at`` says what is reused: ``"region"`` (the spec's, and a file
+    without the key) the region's residual; ``"output"`` the transformer's
+    final projected output (after its last norm, before any unpatchify): a
+    reuse step skips every block and the output head returns the rule's guess
+    of its own output. It needs the region to be the whole chain.
 
     ``cache_step_end`` (optional) spares the last steps: from that step on every
     block runs again, as before ``cache_step_start``. The final steps' errors
@@ -82,6 +90,7 @@ class DitCacheConfig:
     num_sampling_steps: Optional[int] = None
     reuse: str = "delta"
     cache_step_end: Optional[int] = None
+    reuse_at: str = "region"
 
     _REQUIRED = ("cache_step_start", "cache_step_interval", "cache_block_start", "cache_num_blocks")
 
@@ -104,6 +113,12 @@ class DitCacheConfig:
                 )
         if self.reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}")
+        if self.reuse_at not in REUSE_POINTS:
+            raise ValueError(f"reuse_at must be one of {list(REUSE_POINTS)}, got {self.reuse_at!r}")
+        if self.reuse_at == "output" and self.cache_block_start != 0:
+            raise ValueError(
+                f"reuse_at='output' skips every block, so cache_block_start must be 0, got {self.cache_block_start}"
+            )
 
     @property
     def cache_block_end(self) -> int:
@@ -119,7 +134,8 @@ class DitCacheConfig:
         return "reuse"
 
     def to_dict(self) -> Dict[str, Any]:
-        """The spec's four keys, plus ``num_sampling_steps``, ``reuse`` and ``cache_step_end`` when not the defaults."""
+        """The spec's four keys, plus ``num_sampling_steps``, ``reuse``, ``cache_step_end`` and ``reuse_at`` when
+        not the defaults."""
         out: Dict[str, Any] = {name: getattr(self, name) for name in self._REQUIRED}
         if self.num_sampling_steps is not None:
             out["num_sampling_steps"] = self.num_sampling_steps
@@ -127,6 +143,8 @@ class DitCacheConfig:
             out["reuse"] = self.reuse
         if self.cache_step_end is not None:
             out["cache_step_end"] = self.cache_step_end
+        if self.reuse_at != "region":
+            out["reuse_at"] = self.reuse_at
         return out
 
     def __iter__(self) -> Iterator[Tuple[str, Any]]:
@@ -173,7 +191,7 @@ class DitCacheSearchConfig:
     Beyond the spec: ``min_psnr`` switches the goal to a quality floor (the
     fastest config whose PSNR against the uncached videos stays at or above
     it); ``reuse_modes`` are the reuse modes searched (the spec's ``"delta"``
-    and the extrapolating ``"taylor1"``); ``candidates_to_run`` is how many top-ranked configs are run for real
+    and the extrapolating ``"taylor1"`` and ``"taylor2"``); ``candidates_to_run`` is how many top-ranked configs are run for real
     for a speedup target; ``speed_margin`` is the headroom over the target a
     candidate's predicted speedup needs, against timing noise; ``confirm_pairs`` is the most interleaved
     uncached / cached run pairs that measure the winner's speedup (median ratio; more than two only

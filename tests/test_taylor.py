@@ -95,5 +95,30 @@ def test_reuse_mode_in_json(tmp_path):
     assert DitCacheConfig.load(path).reuse == "taylor1"
     DitCacheConfig(0, 2, 0, 4).save(path)
     assert "reuse" not in json.loads(path.read_text())  # the spec's four keys, unchanged
-    with pytest.raises(ValueError, match=r"reuse must be one of \['delta', 'taylor1'\], got 'taylor2'"):
-        DitCacheConfig(0, 2, 0, 4, reuse="taylor2")
+    with pytest.raises(ValueError, match=r"reuse must be one of \['delta', 'taylor1', 'taylor2'\], got 'taylor3'"):
+        DitCacheConfig(0, 2, 0, 4, reuse="taylor3")
+
+
+@pytest.mark.parametrize("mode", ["delta", "taylor1", "taylor2"])
+def test_each_rules_proxies_equal_the_errors_of_running_the_rule(mode):
+    from ditcache.cache.reuse import ResidualHistory, reuse_rule
+
+    torch.manual_seed(0)
+    steps, rule = 14, reuse_rule(mode)
+    residual = torch.randn(2, steps, 5, dtype=torch.float64).cumsum(dim=1)  # (passes, steps, m)
+    scale = (residual * residual).sum(dim=(0, 2)) + 1.0
+    history = ResidualHistory(residual, scale, max_interval=4)
+    for interval in (2, 3, 4):
+        for end in (steps, steps - 2):
+            proxies = rule.proxies(history, interval, end)
+            for start in range(end - 1):
+                expected = 0.0
+                stored = [None, None]
+                for t in range(start, end):
+                    for p in range(2):
+                        if (t - start) % interval == 0:
+                            stored[p] = rule.keep(stored[p], t, {"r": residual[p, t]})
+                        else:
+                            diff = rule.guess(stored[p], t)["r"] - residual[p, t]
+                            expected += float((diff * diff).sum() / scale[t])
+                assert proxies[start] == pytest.approx(expected, rel=1e-9, abs=1e-12), (interval, end, start)

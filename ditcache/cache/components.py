@@ -150,10 +150,10 @@ class CachedComponents:
         self._state = _State()
 
     def cached_bytes(self) -> int:
-        """Bytes of the sub-layer outputs (and slopes) the calling thread holds."""
+        """Bytes of the sub-layer outputs (and their extrapolation terms) the calling thread holds."""
         total = 0
         for kept in self._state.kept.values():
-            for tensors in (kept.stored.residual, kept.stored.slope or {}):
+            for tensors in kept.stored.tensors():
                 total += sum(t.numel() * t.element_size() for t in tensors.values())
         return total
 

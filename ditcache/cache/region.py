@@ -6,6 +6,11 @@ forward pass of the step); on a reuse step blocks ``s .. e`` hand their inputs
 on untouched (no compute, real tensors) and block ``e`` returns the rule's
 prediction. Steps come from :mod:`ditcache.steps`.
 
+With ``reuse_at="output"`` the region is the whole chain and the reuse point
+is the transformer's output head (:mod:`ditcache.cache.output`): a store pass
+keeps what the rule needs of the head's output, a reuse pass skips every
+block and the head returns the rule's guess without computing.
+
 Patching shadows each block's ``forward`` with an instance attribute
 (:mod:`ditcache._patch`), so an unpatched model is bit-identical to one never
 patched. Under ``torch.compile`` only the block's own forward is traced: the
@@ -25,11 +30,13 @@ from ..config import DitCacheConfig
 from ..streams import BlockStreams, block_streams
 from .blocks import BlockChain, OrderCheck
 from .graph import graph_boundary, outside_graph
+from .output import find_output_head
 from .reuse import ReuseRule, Stored, reuse_rule
 from .run_state import RunState
 
 # Roles of a block in its segment of the region.
 _START, _INNER, _END, _ONLY = "start", "inner", "end", "only"
+_OUT = "output"  # the stream name of the output head's tensor
 
 
 class _PassState(RunState):
@@ -44,6 +51,8 @@ class _PassState(RunState):
         self.stored: Dict[Tuple[int, int], Stored] = {}  # (pass, segment) -> what the rule kept
         self.aux: Dict[Tuple[int, int], Dict[int, Any]] = {}  # (pass, block) -> outputs that are not streams
         self.pass_index = 0
+        self.entry_shapes: Dict[int, Dict[str, torch.Size]] = {}  # reuse_at="output": pass -> first block's inputs
+        self.head_due = False  # reuse_at="output": this pass's head has yet to store or reuse
 
 
 class CachedForward:
@@ -66,6 +75,23 @@ class CachedForward:
         if not region.enter(index, args, kwargs):
             return region.skipped(index, args, kwargs)
         return region.leave(index, args, kwargs, self.original(*args, **kwargs))
+
+
+class CachedHead:
+    """Replaces the output head's ``forward`` while a ``reuse_at="output"`` config is applied."""
+
+    __slots__ = ("region", "original")
+
+    def __init__(self, region: "CachedRegion", original: Callable[..., Any]) -> None:
+        self.region = region
+        self.original = original
+
+    @graph_boundary
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        region = self.region
+        if not region.head_runs():
+            return region.head_guess()
+        return region.head_kept(self.original(*args, **kwargs))
 
 
 def is_cached(block: nn.Module) -> bool:
@@ -94,6 +120,8 @@ class CachedRegion:
         self._streams: List[Optional[BlockStreams]] = [None] * len(chain)
         self._state = _PassState()
         self._patch = InstancePatch()
+        self._head_patch = InstancePatch()
+        self._at_output = False
         for i, block in enumerate(chain.blocks):
             self._patch.set(block, "forward", CachedForward(self, i, block.forward))
         steps.add_listener(self)
@@ -115,6 +143,11 @@ class CachedRegion:
                 role = _ONLY if opens and closes else _START if opens else _END if closes else _INNER
                 roles[i] = (role, segment, i == start)
         self.reset()
+        self._head_patch.restore()
+        self._at_output = config is not None and config.reuse_at == "output"
+        if self._at_output:
+            head = find_output_head(self.chain.owner)
+            self._head_patch.set(head, "forward", CachedHead(self, head.forward))
         self.config = config
         self._rule = reuse_rule(config.reuse) if config is not None else None
         self.roles = tuple(roles)
@@ -134,7 +167,7 @@ class CachedRegion:
         self._state = _PassState()
 
     def remove(self) -> None:
-        """Restore every block's ``forward`` exactly."""
+        """Restore every block's (and the output head's) ``forward`` exactly."""
         self._patch.restore()
         steps.remove_listener(self)
         self.apply(None)
@@ -172,6 +205,13 @@ class CachedRegion:
             state.reset(run)
             if steps.current_total() is not None:
                 self._check_steps(steps.current_total(), ended=False)
+        if state.head_due:
+            head = type(find_output_head(self.chain.owner)).__name__
+            raise ValueError(
+                f"reuse_at='output': the output head ({head}) of {type(self.chain.owner).__name__} did not run after "
+                "the blocks in the last forward pass, so its output cannot be reused; declare the model's final "
+                "projection with ditcache.register_output_head"
+            )
         if state.enter_step(step):
             state.passes = 0
             limit = self.config.num_sampling_steps if self.config is not None else None
@@ -186,6 +226,7 @@ class CachedRegion:
         state.mode = config.step_mode(step) if config is not None else "full"
         if state.mode == "reuse" and (state.pass_index, 0) not in state.stored:
             state.mode = "store"
+        state.head_due = self._at_output and state.mode != "full"
 
     def _check_steps(self, total: int, ended: bool) -> None:
         """Refuse a run of ``total`` steps that does not fit the config (``ended``: known once it ended)."""
@@ -218,8 +259,11 @@ class CachedRegion:
         if position in (_START, _ONLY):
             if first:
                 self._begin_pass(state)
+            if first and self._at_output and state.mode == "reuse":
+                if _shapes(self._streams[index].inputs(args, kwargs)) != state.entry_shapes.get(state.pass_index):
+                    state.mode = "store"  # a differently shaped call (other batch or resolution): compute it afresh
             state.segment_mode = state.mode
-            if state.mode == "reuse":
+            if state.mode == "reuse" and not self._at_output:
                 stored = state.stored.get((state.pass_index, segment))
                 inputs = self._streams[index].inputs(args, kwargs) if stored is not None else None
                 if stored is not None and stored.fits(inputs):
@@ -231,16 +275,20 @@ class CachedRegion:
     @outside_graph
     def leave(self, index: int, args: Tuple[Any, ...], kwargs: Mapping[str, Any], output: Any) -> Any:
         """Keep what a store pass needs of block ``index``'s real ``output``; returns it."""
-        position, segment, _ = self.roles[index]
+        position, segment, first = self.roles[index]
         state = self._state
         if state.segment_mode == "full":
             return output
         streams = self._streams_of(index, args, kwargs, output)
-        if position in (_START, _ONLY):
-            state.start_inputs = streams.inputs(args, kwargs)
         aux = streams.aux(output)
         if aux:
             state.aux[(state.pass_index, index)] = aux
+        if self._at_output:  # the head stores; skipped blocks need only their streams and side outputs
+            if first:
+                state.entry_shapes[state.pass_index] = _shapes(streams.inputs(args, kwargs))
+            return output
+        if position in (_START, _ONLY):
+            state.start_inputs = streams.inputs(args, kwargs)
         if position in (_END, _ONLY):
             outputs = streams.unpack(output)
             start_inputs = state.start_inputs
@@ -262,9 +310,55 @@ class CachedRegion:
         position, segment, _ = self.roles[index]
         state, streams = self._state, self._streams[index]
         aux = state.aux.get((state.pass_index, index))
-        if position in (_END, _ONLY):
+        if position in (_END, _ONLY) and not self._at_output:
             start_inputs = state.start_inputs
             state.start_inputs = None
             stored = state.stored[(state.pass_index, segment)]
             return streams.pack(self._rule.predict(stored, state.step, start_inputs), aux)
         return streams.pack(streams.inputs(args, kwargs), aux)
+
+    # --- the output head (reuse_at="output") ----------------------------------------
+
+    @outside_graph
+    def head_runs(self) -> bool:
+        """Whether the output head computes in this pass (it does unless the pass reuses)."""
+        state = self._state
+        if state.mode == "full":
+            return True
+        if not state.head_due:
+            head = type(find_output_head(self.chain.owner)).__name__
+            raise ValueError(
+                f"reuse_at='output': the output head ({head}) of {type(self.chain.owner).__name__} ran twice in one "
+                "forward pass, or before the blocks; its output can only be reused when it runs once, after them"
+            )
+        return state.mode != "reuse"
+
+    @outside_graph
+    def head_kept(self, output: Any) -> Any:
+        """Keep what the rule needs of the head's real ``output`` on a store pass; returns it."""
+        state = self._state
+        if state.mode == "full":
+            return output
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(
+                f"reuse_at='output': the output head of {type(self.chain.owner).__name__} returned "
+                f"{type(output).__name__}; only a head returning one tensor can be reused"
+            )
+        state.head_due = False
+        key = (state.pass_index, 0)
+        # a copy: the model may write into the head's output after it returned
+        state.stored[key] = self._rule.keep(state.stored.get(key), state.step, {_OUT: output.clone()})
+        return output
+
+    @outside_graph
+    def head_guess(self) -> torch.Tensor:
+        """The rule's guess of the head's output on a reuse pass."""
+        state = self._state
+        state.head_due = False
+        stored = state.stored[(state.pass_index, 0)]
+        guess = self._rule.guess(stored, state.step)[_OUT]
+        return guess.clone() if guess is stored.residual[_OUT] else guess
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in tensors.items()}

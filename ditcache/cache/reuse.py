@@ -21,11 +21,18 @@ Tensors = Dict[str, torch.Tensor]
 
 @dataclass
 class Stored:
-    """What a store step kept for one forward pass: the region's residual, and for taylor1 its slope."""
+    """What a store step kept for one forward pass: the residual, and for the extrapolating rules its
+    divided differences over the last store steps (``slope`` from ``previous_step``, ``curvature``)."""
 
     step: int
     residual: Tensors
     slope: Optional[Tensors] = None
+    previous_step: Optional[int] = None
+    curvature: Optional[Tensors] = None
+
+    def tensors(self) -> Tuple[Tensors, ...]:
+        """Every tensor kept (for memory accounting)."""
+        return tuple(kept for kept in (self.residual, self.slope, self.curvature) if kept is not None)
 
     def fits(self, inputs: Mapping[str, torch.Tensor]) -> bool:
         """Whether ``inputs`` have the shapes the residual was stored for."""
@@ -149,6 +156,7 @@ class Taylor1(Delta):
         ):
             distance = step - previous.step
             stored.slope = {name: (residual[name] - previous.residual[name]) / distance for name in residual}
+            stored.previous_step = previous.step
         return stored
 
     def guess(self, stored: Stored, step: int) -> Tensors:
@@ -192,6 +200,69 @@ class Taylor1(Delta):
         return history.table(("extrapolated", interval), build)
 
 
+class Taylor2(Taylor1):
+    """Second-order extrapolation: the parabola through the residuals of the last three store steps.
+
+    Newton's form over the store steps ``t0 < t1 < t2``: ``r2 + d1 (t - t2) + d2 (t - t2)(t - t1)``,
+    ``d1`` the slope over ``t1..t2`` and ``d2`` the change of slope over ``t0..t2``. Until three
+    store steps exist it falls back to :class:`Taylor1`.
+    """
+
+    name = "taylor2"
+
+    def keep(self, previous: Optional[Stored], step: int, residual: Tensors) -> Stored:
+        stored = super().keep(previous, step, residual)
+        if stored.slope is not None and previous.slope is not None and all(
+            previous.slope[name].shape == stored.slope[name].shape for name in residual
+        ):
+            span = step - previous.previous_step
+            stored.curvature = {name: (stored.slope[name] - previous.slope[name]) / span for name in residual}
+        return stored
+
+    def guess(self, stored: Stored, step: int) -> Tensors:
+        linear = super().guess(stored, step)
+        if stored.curvature is None:
+            return linear
+        factor = (step - stored.step) * (step - stored.previous_step)
+        return {name: torch.add(linear[name], stored.curvature[name], alpha=factor) for name in linear}
+
+    def predict(self, stored: Stored, step: int, inputs: Tensors) -> Tensors:
+        guess = self.guess(stored, step)
+        return {name: inputs[name] + guess[name] for name in guess}
+
+    def proxies(self, history: ResidualHistory, interval: int, end: int,
+                weights: Optional[np.ndarray] = None) -> np.ndarray:
+        start, t, phase, reused = schedules(interval, end)
+        errors = self.lagged_errors(history)[t, phase]
+        last_store = t - phase
+        errors = np.where(last_store - interval >= start, self.extrapolated_errors(history, interval)[t, phase], errors)
+        quadratic = last_store - 2 * interval >= start  # three store steps exist before t
+        errors = np.where(quadratic, self.quadratic_errors(history, interval)[t, phase], errors)
+        return _summed(errors, t, reused, weights)
+
+    @staticmethod
+    def quadratic_errors(history: ResidualHistory, interval: int) -> np.ndarray:
+        """``[t, k]``: the error of the parabola through steps ``t - k - 2 interval``, ``t - k - interval``, ``t - k``."""
+
+        def build() -> np.ndarray:
+            steps, residual = history.steps, history.residual
+            errors = np.full((steps, interval), np.nan)
+            for lag in range(1, interval):
+                back = lag + 2 * interval
+                if back >= steps:
+                    continue
+                recent = residual[:, 2 * interval : steps - lag]
+                middle = residual[:, interval : steps - lag - interval]
+                oldest = residual[:, : steps - back]
+                slope = (recent - middle) / interval
+                curvature = (slope - (middle - oldest) / interval) / (2 * interval)
+                guess = recent + slope * lag + curvature * (lag * (lag + interval))
+                errors[back:, lag] = history.relative_error(guess, back)
+            return errors
+
+        return history.table(("quadratic", interval), build)
+
+
 def _summed(errors: np.ndarray, t: np.ndarray, reused: np.ndarray, weights: Optional[np.ndarray]) -> np.ndarray:
     """Each schedule's errors over its reuse steps, weighted by step, summed."""
     if weights is not None:
@@ -199,7 +270,7 @@ def _summed(errors: np.ndarray, t: np.ndarray, reused: np.ndarray, weights: Opti
     return np.where(reused, errors, 0.0).sum(axis=1)
 
 
-REUSE_RULES: Dict[str, ReuseRule] = {rule.name: rule for rule in (Delta(), Taylor1())}
+REUSE_RULES: Dict[str, ReuseRule] = {rule.name: rule for rule in (Delta(), Taylor1(), Taylor2())}
 
 
 def reuse_rule(name: str) -> ReuseRule:
@@ -217,9 +288,9 @@ def time_rules(inputs: Tensors, outputs: Tensors, device: Optional[torch.device]
     """Median seconds of each rule's store and predict on real tensors, by ``"<mode>_<store|reuse>"``."""
     costs = {}
     for name, rule in REUSE_RULES.items():
-        previous = rule.store(None, 0, inputs, outputs)
-        stored = rule.store(previous, 1, inputs, outputs)
-        work = {"store": lambda: rule.store(previous, 1, inputs, outputs), "reuse": lambda: rule.predict(stored, 2, inputs)}
+        previous = rule.store(rule.store(None, 0, inputs, outputs), 1, inputs, outputs)
+        stored = rule.store(previous, 2, inputs, outputs)  # three store steps: every rule extrapolates fully
+        work = {"store": lambda: rule.store(previous, 2, inputs, outputs), "reuse": lambda: rule.predict(stored, 3, inputs)}
         for op, compute in work.items():
             costs[_cost_key(name, op)] = float(np.median([timed(compute, device)[1] for _ in range(repeats)]))
     return costs
