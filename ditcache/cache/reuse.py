@@ -177,27 +177,14 @@ class Taylor1(Delta):
     def proxies(self, history: ResidualHistory, interval: int, end: int,
                 weights: Optional[np.ndarray] = None) -> np.ndarray:
         start, t, phase, reused = schedules(interval, end)
+        return _summed(self.step_errors(history, interval, start, t, phase), t, reused, weights)
+
+    def step_errors(self, history: ResidualHistory, interval: int, start: np.ndarray, t: np.ndarray,
+                    phase: np.ndarray) -> np.ndarray:
+        """Each reuse step's error under each schedule of :func:`schedules` (NaN where it stores)."""
         errors = self.lagged_errors(history)[t, phase]
         extrapolated = t - phase - interval >= start  # two store steps exist before t
-        errors = np.where(extrapolated, self.extrapolated_errors(history, interval)[t, phase], errors)
-        return _summed(errors, t, reused, weights)
-
-    @staticmethod
-    def extrapolated_errors(history: ResidualHistory, interval: int) -> np.ndarray:
-        """``[t, k]``: the error of extrapolating from steps ``t - k - interval`` and ``t - k``."""
-
-        def build() -> np.ndarray:
-            steps, residual = history.steps, history.residual
-            errors = np.full((steps, interval), np.nan)
-            for lag in range(1, interval):
-                back = lag + interval  # the older store step is t - lag - interval
-                if back >= steps:
-                    continue
-                recent, older = residual[:, interval : steps - lag], residual[:, : steps - back]
-                errors[back:, lag] = history.relative_error(recent + (recent - older) * (lag / interval), back)
-            return errors
-
-        return history.table(("extrapolated", interval), build)
+        return np.where(extrapolated, extrapolation_errors(history, interval, 1)[t, phase], errors)
 
 
 class Taylor2(Taylor1):
@@ -230,37 +217,34 @@ class Taylor2(Taylor1):
         guess = self.guess(stored, step)
         return {name: inputs[name] + guess[name] for name in guess}
 
-    def proxies(self, history: ResidualHistory, interval: int, end: int,
-                weights: Optional[np.ndarray] = None) -> np.ndarray:
-        start, t, phase, reused = schedules(interval, end)
-        errors = self.lagged_errors(history)[t, phase]
-        last_store = t - phase
-        errors = np.where(last_store - interval >= start, self.extrapolated_errors(history, interval)[t, phase], errors)
-        quadratic = last_store - 2 * interval >= start  # three store steps exist before t
-        errors = np.where(quadratic, self.quadratic_errors(history, interval)[t, phase], errors)
-        return _summed(errors, t, reused, weights)
+    def step_errors(self, history: ResidualHistory, interval: int, start: np.ndarray, t: np.ndarray,
+                    phase: np.ndarray) -> np.ndarray:
+        errors = super().step_errors(history, interval, start, t, phase)
+        quadratic = t - phase - 2 * interval >= start  # three store steps exist before t
+        return np.where(quadratic, extrapolation_errors(history, interval, 2)[t, phase], errors)
 
-    @staticmethod
-    def quadratic_errors(history: ResidualHistory, interval: int) -> np.ndarray:
-        """``[t, k]``: the error of the parabola through steps ``t - k - 2 interval``, ``t - k - interval``, ``t - k``."""
 
-        def build() -> np.ndarray:
-            steps, residual = history.steps, history.residual
-            errors = np.full((steps, interval), np.nan)
-            for lag in range(1, interval):
-                back = lag + 2 * interval
-                if back >= steps:
-                    continue
-                recent = residual[:, 2 * interval : steps - lag]
-                middle = residual[:, interval : steps - lag - interval]
-                oldest = residual[:, : steps - back]
-                slope = (recent - middle) / interval
-                curvature = (slope - (middle - oldest) / interval) / (2 * interval)
-                guess = recent + slope * lag + curvature * (lag * (lag + interval))
-                errors[back:, lag] = history.relative_error(guess, back)
-            return errors
+def extrapolation_errors(history: ResidualHistory, interval: int, order: int) -> np.ndarray:
+    """``[t, k]``: the error at ``t`` of extrapolating to ``order`` 1 or 2 from the store steps
+    ``t - k - order * interval, ..., t - k`` (one ``interval`` apart)."""
 
-        return history.table(("quadratic", interval), build)
+    def build() -> np.ndarray:
+        steps, residual = history.steps, history.residual
+        errors = np.full((steps, interval), np.nan)
+        for lag in range(1, interval):
+            back = lag + order * interval  # the oldest store step is t - back
+            if back >= steps:
+                continue
+            points = [residual[:, j * interval : steps - lag - (order - j) * interval] for j in range(order + 1)]
+            recent, older = points[-1], points[-2]
+            guess = recent + (recent - older) * (lag / interval)
+            if order == 2:
+                curvature = ((recent - older) - (older - points[0])) / (2 * interval * interval)
+                guess = guess + curvature * (lag * (lag + interval))
+            errors[back:, lag] = history.relative_error(guess, back)
+        return errors
+
+    return history.table(("extrapolated", interval * 10 + order), build)
 
 
 def _summed(errors: np.ndarray, t: np.ndarray, reused: np.ndarray, weights: Optional[np.ndarray]) -> np.ndarray:
