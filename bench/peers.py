@@ -4,7 +4,8 @@ Peers, each run through its own code (test/benchmark-only dependencies): diffuse
 (FirstBlockCache, TaylorSeer full and lite, MagCache, PyramidAttentionBroadcast, FasterCache) and
 SmoothCache (``dit-smoothcache``'s own ``DiffuserCacheHelper``; its schedules from SmoothCache's
 calibration as ditcache implements it, since the PyPI package ships none). ditcache: the search
-(``DitCacheAdaptor.search``) at each speedup target.
+(``DitCacheAdaptor.search``, every reuse mode) at each speedup target, and fixed configs reusing the
+transformer's projected output (``reuse_at="output"``, TaylorSeer lite's knobs) as ``ditcache_output``.
 
 Every setting's videos are compared with the uncached ones (same prompts, same seed): PSNR, SSIM and
 the prompt fidelity. Speed: median over interleaved uncached / cached run pairs. A static schedule
@@ -34,7 +35,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
-from ditcache import steps
+from ditcache import DitCacheConfig, dit_cache, steps
 from ditcache._atomic import atomic_write_text
 from ditcache.component_calibration import calibrate_components
 from ditcache.models.pipeline import SCHEDULERS
@@ -45,7 +46,8 @@ from search import PROMPTS, Setting, ours, table  # noqa: E402
 TARGETS = (1.3, 1.5, 2.0, 2.5)
 # TaylorSeer's default patterns match no module of this model: its sub-layers are attn1, attn2 and ff
 SUBLAYERS = r"^transformer_blocks\.\d+\.(attn1|attn2|ff)$"
-STATIC = ("taylorseer", "taylorseer_lite", "pab", "fastercache")
+STATIC = ("taylorseer", "taylorseer_lite", "pab", "fastercache", "ditcache_output")
+SEARCHED_REUSE = ("delta", "taylor1", "taylor2")
 
 Install = Callable[[Any], ContextManager[None]]
 
@@ -196,6 +198,13 @@ def peer_settings(setting: Setting, methods: Sequence[str]) -> List[Dict]:
         for spatial, top, distilled in ((2, 681, False), (2, 901, False), (3, 901, False), (2, 901, True)):
             add("fastercache", {"spatial": spatial, "window": [-1, top], "guidance_distilled": distilled},
                 fastercache(spatial, (-1, top), distilled))
+    if "ditcache_output" in methods:  # fixed configs reusing the projected output, TaylorSeer lite's knobs
+        for reuse, intervals in (("delta", (2,)), ("taylor1", (2, 3, 4, 5)), ("taylor2", (2, 3, 4, 5))):
+            for interval in intervals:
+                config = DitCacheConfig(cache_step_start=2, cache_step_interval=interval, cache_block_start=0,
+                                        cache_num_blocks=setting.blocks, num_sampling_steps=setting.steps,
+                                        reuse=reuse, reuse_at="output")
+                add("ditcache_output", config.to_dict(), lambda pipe, c=config: dit_cache(pipe, c))
     if "smoothcache" in methods:
         alphas = (0.05, 0.1, 0.2, 0.35, 0.6)
         for alpha, schedule in smoothcache_schedules(setting, alphas).items():
@@ -256,6 +265,19 @@ class PeerRuns:
         return row
 
 
+    def searched(self, target: float) -> Dict:
+        """ditcache's search pick at ``target`` (every reuse mode), its measured speed and quality."""
+        path = os.path.join(self.dir, f"ditcache-x{target:g}.json")
+        row = self._load(path)
+        if row is None:
+            journal = os.path.join(self.setting.cache, "journal-peers")
+            found = ours(self.setting, target, None, journal, reuse_modes=SEARCHED_REUSE)
+            row = {"method": "ditcache", "params": found.get("config", {"goal": found["goal"]}),
+                   "speedup": found.get("measured", 0.0), **{k: v for k, v in found.items() if k != "config"}}
+            atomic_write_text(path, json.dumps(row) + "\n")
+        return row
+
+
 def best_at(rows: List[Dict], target: float) -> Optional[Dict]:
     """The row with the best PSNR among those measured at ``target`` or faster."""
     eligible = [r for r in rows if r.get("speedup", 0) >= target and "psnr" in r]
@@ -278,7 +300,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--schedulers", nargs="+", default=["euler", "euler_ancestral"], choices=sorted(SCHEDULERS))
     parser.add_argument("--methods", default="fbc,taylorseer,taylorseer_lite,magcache,pab,fastercache,smoothcache,"
-                                             "ditcache")
+                                             "ditcache_output,ditcache")
     parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     parser.add_argument("--pairs", type=int, default=3, help="interleaved uncached/cached pairs per speed")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -310,11 +332,9 @@ def main(argv=None) -> None:
             print(f"  {row['method']} {row['params']}: " + (row.get("error") or
                   f"{row['psnr']:.2f} dB, {row['speedup']:.2f}x"), flush=True)
         if "ditcache" in methods:
-            journal = os.path.join(setting.cache, "journal-peers")
             for target in args.targets:
-                row = ours(setting, target, None, journal)
-                rows.append({"method": "ditcache", "params": row.get("config", {"goal": row["goal"]}),
-                             "speedup": row.get("measured", 0.0), **{k: v for k, v in row.items() if k != "config"}})
+                row = runs.searched(target)
+                rows.append(row)
                 print(f"  ditcache >= {target:g}x: {row.get('config')} " + (row.get("note") or
                       f"{row['psnr']:.2f} dB, {row['measured']:.2f}x"), flush=True)
         results[scheduler] = {"rows": rows, "best": summary(rows, args.targets)}
