@@ -167,13 +167,21 @@ def smoothcache(schedule: Dict[str, List[int]]) -> Install:
 
 def smoothcache_schedules(setting: Setting, alphas: Sequence[float]) -> Dict[float, Dict[str, List[int]]]:
     """SmoothCache's calibration (attn1's error over steps, averaged over blocks) and its schedule at each alpha."""
+    path = os.path.join(setting.cache, "peers", "smoothcache-schedules.json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            saved = {float(alpha): schedule for alpha, schedule in json.load(handle).items()}
+        if set(alphas) <= set(saved):
+            return {alpha: saved[alpha] for alpha in alphas}
     restore = steps.track_scheduler(setting.pipe.scheduler)
     try:
         errors = calibrate_components(setting.pipe.transformer.transformer_blocks, lambda: setting(setting.pipe),
                                       setting.steps)
     finally:
         restore()
-    return {alpha: errors.schedule(alpha, components=["attn1"]).schedule for alpha in alphas}
+    schedules = {alpha: dict(errors.schedule(alpha, components=["attn1"]).schedule) for alpha in alphas}
+    atomic_write_text(path, json.dumps(schedules))
+    return schedules
 
 
 def peer_settings(setting: Setting, methods: Sequence[str]) -> List[Dict]:
