@@ -126,7 +126,7 @@ def test_num_sampling_steps_bounds_the_step_start():
         (dict(confirm_pairs=-1), "confirm_pairs must be an int >= 0, got -1"),
         (dict(speed_margin=1.5), "speed_margin must be a number in"),
         (dict(journal_dir=3), "journal_dir must be a path"),
-        (dict(reuse_modes=("taylor2",)), r"reuse_modes must be a non-empty list of distinct values from \['delta', 'taylor1'\]"),
+        (dict(reuse_modes=("taylor3",)), r"reuse_modes must be a non-empty list of distinct values from \['delta', 'taylor1', 'taylor2'\]"),
         (dict(reuse_modes=()), "reuse_modes"),
         (dict(reuse_modes="delta"), "reuse_modes"),
         (dict(dit_block_num=0), "dit_block_num"),
