@@ -210,10 +210,11 @@ def peer_settings(setting: Setting, methods: Sequence[str]) -> List[Dict]:
     if "ditcache_output" in methods:  # fixed configs reusing the projected output, TaylorSeer lite's knobs
         for reuse, intervals in (("delta", (2,)), ("taylor1", (2, 3, 5)), ("taylor2", (2, 3, 5))):
             for interval in intervals:
-                config = DitCacheConfig(cache_step_start=2, cache_step_interval=interval, cache_block_start=0,
-                                        cache_num_blocks=setting.blocks, num_sampling_steps=setting.steps,
-                                        reuse=reuse, reuse_at="output")
-                add("ditcache_output", config.to_dict(), lambda pipe, c=config: dit_cache(pipe, c))
+                for end in (None, setting.steps - 1):  # to the end, or the last step spared
+                    config = DitCacheConfig(cache_step_start=2, cache_step_interval=interval, cache_block_start=0,
+                                            cache_num_blocks=setting.blocks, num_sampling_steps=setting.steps,
+                                            reuse=reuse, reuse_at="output", cache_step_end=end)
+                    add("ditcache_output", config.to_dict(), lambda pipe, c=config: dit_cache(pipe, c))
     if "smoothcache" in methods:
         alphas = (0.1, 0.2, 0.35, 0.6)
         for alpha, schedule in smoothcache_schedules(setting, alphas).items():
