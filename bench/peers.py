@@ -225,8 +225,8 @@ def peer_settings(setting: Setting, methods: Sequence[str]) -> List[Dict]:
 class PeerRuns:
     """One setting's videos, quality and measured speed, cached on disk as JSON."""
 
-    def __init__(self, setting: Setting, timing_cache: str) -> None:
-        self.setting = setting
+    def __init__(self, setting: Setting, timing_cache: str, cached_only: bool = False) -> None:
+        self.setting, self.cached_only = setting, cached_only
         self.dir = os.path.join(setting.cache, "peers")
         self.timing_dir = timing_cache
         os.makedirs(self.dir, exist_ok=True)
@@ -245,6 +245,8 @@ class PeerRuns:
     def quality(self, method: str, params: Dict, install: Install) -> Dict:
         path = os.path.join(self.dir, self._key(method, params) + ".json")
         row = self._load(path)
+        if row is None and self.cached_only:
+            return {"method": method, "params": params, "error": "not run"}
         if row is None:
             try:
                 with install(self.setting.pipe):
@@ -261,6 +263,8 @@ class PeerRuns:
         where = self.timing_dir if shared else self.dir
         path = os.path.join(where, self._key(method, params) + ".speed.json")
         row = self._load(path)
+        if self.cached_only:
+            return row or {}
         if row is None or len(row["ratios"]) < pairs:
             ratios = [] if row is None else row["ratios"]
             while len(ratios) < pairs:
@@ -279,6 +283,8 @@ class PeerRuns:
         """ditcache's search pick at ``target`` (every reuse mode), its measured speed and quality."""
         path = os.path.join(self.dir, f"ditcache-x{target:g}.json")
         row = self._load(path)
+        if row is None and self.cached_only:
+            return {"method": "ditcache", "params": {"goal": f">= {target:g}x"}, "error": "not run"}
         if row is None:
             journal = os.path.join(self.setting.cache, "journal-peers")
             found = ours(self.setting, target, None, journal, reuse_modes=SEARCHED_REUSE)
@@ -291,7 +297,7 @@ class PeerRuns:
 def confirm(runs: PeerRuns, swept: List[Dict], rows: List[Dict], targets: Sequence[float], pairs: int) -> None:
     """Time every row that is a method's best at some target with ``pairs`` pairs, until the winners are all
     timed so (a winner that falls below its target on more pairs gives way to the next)."""
-    while True:
+    while not runs.cached_only:
         pending = {id(best) for method in {r["method"] for r in rows} for target in targets
                    for best in [best_at([r for r in rows if r["method"] == method], target)]
                    if best is not None and len(best.get("ratios", range(pairs))) < pairs}
@@ -313,10 +319,11 @@ def best_at(rows: List[Dict], target: float) -> Optional[Dict]:
 def summary(rows: List[Dict], targets: Sequence[float]) -> List[Dict]:
     out = []
     for target in targets:
-        line: Dict[str, Any] = {"target": f">= {target:g}x"}
+        line: Dict[str, Any] = {"target": f">= {target:g}x"}  # PSNR @ measured speed (timing pairs)
         for method in dict.fromkeys(r["method"] for r in rows):
             best = best_at([r for r in rows if r["method"] == method], target)
-            line[method] = "-" if best is None else f"{best['psnr']:.1f} dB @ {best['speedup']:.2f}x"
+            line[method] = "-" if best is None else (f"{best['psnr']:.1f} dB @ {best['speedup']:.2f}x"
+                                                     f" ({len(best.get('ratios', range(5)))})")
         out.append(line)
     return out
 
@@ -331,6 +338,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=3, help="interleaved uncached/cached pairs per speed of a "
                                                               "method's best at a target (one pair to screen)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="report the runs on disk; run nothing new (SmoothCache needs its schedules on disk)")
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "peers.json"))
     args = parser.parse_args(argv)
@@ -346,25 +355,26 @@ def main(argv=None) -> None:
     timing_cache = os.path.join(args.cache, "peers-timing", f"s{args.steps}-p{len(PROMPTS)}")
     for scheduler in args.schedulers:
         setting = Setting(args.steps, PROMPTS, args.cache, scheduler)
-        runs = PeerRuns(setting, timing_cache)
+        runs = PeerRuns(setting, timing_cache, args.cached_only)
         print(f"\n# {scheduler}: bundled model, {setting.blocks} blocks, {args.steps} steps, {len(PROMPTS)} prompts; "
               f"uncached run {setting.uncached_seconds:.2f} s", flush=True)
         rows: List[Dict] = []
-        swept = peer_settings(setting, methods)
+        swept = peer_settings(setting, [m for m in methods if not (args.cached_only and m == "smoothcache" and not
+                                                                   os.path.exists(os.path.join(runs.dir, "smoothcache-schedules.json")))])
         for item in swept:  # screening: one timing pair each
             row = runs.quality(item["method"], item["params"], item["install"])
             if "error" not in row:
                 row.update(runs.speed(item["method"], item["params"], item["install"], item["method"] in STATIC, 1))
             rows.append(row)
             print(f"  {row['method']} {row['params']}: " + (row.get("error") or
-                  f"{row['psnr']:.2f} dB, {row['speedup']:.2f}x"), flush=True)
+                  f"{row['psnr']:.2f} dB, {row.get('speedup', 0):.2f}x"), flush=True)
         confirm(runs, swept, rows, args.targets, args.pairs)
         if "ditcache" in methods:
             for target in args.targets:
                 row = runs.searched(target)
                 rows.append(row)
-                print(f"  ditcache >= {target:g}x: {row.get('config')} " + (row.get("note") or
-                      f"{row['psnr']:.2f} dB, {row['measured']:.2f}x"), flush=True)
+                print(f"  ditcache >= {target:g}x: {row['params']} " + (row.get("error") or row.get("note") or
+                      f"{row['psnr']:.2f} dB, {row['speedup']:.2f}x"), flush=True)
         results[scheduler] = {"rows": rows, "best": summary(rows, args.targets)}
         print(f"\n## {scheduler}: best PSNR at the measured speed or faster\n"
               + table(results[scheduler]["best"], list(results[scheduler]["best"][0])), flush=True)
