@@ -154,13 +154,13 @@ def smoothcache(schedule: Dict[str, List[int]]) -> Install:
 
     @contextlib.contextmanager
     def install(pipe):
-        helper = DiffuserCacheHelper(pipe.transformer, schedule=schedule)
-        helper.enable()
+        cache = DiffuserCacheHelper(pipe.transformer, schedule=schedule)
+        cache.enable()
         try:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # it prints at every call
                 yield
         finally:
-            helper.disable()
+            cache.disable()
 
     return install
 
