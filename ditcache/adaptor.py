@@ -145,8 +145,9 @@ class DitCacheAdaptor:
     def search(
         self, run_pipeline_and_save_videos: Callable[[Any], List[Any]], prompts_num: int = 1,
         *, sequence_parallel: bool = False,
-    ) -> DitCacheConfig:
-        """Find the config that best meets the search config's goal (see :mod:`ditcache.search`).
+    ) -> AnyCacheConfig:
+        """Find the config that best meets the search config's goal (see :mod:`ditcache.search`): a block
+        region, or with ``schedule_kind="component"`` / ``"any"`` possibly a component schedule.
 
         ``run_pipeline_and_save_videos(pipeline)`` must return a list of
         ``prompts_num`` uint8 arrays ``(frames, h, w, c)``, the same videos

@@ -10,8 +10,9 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import DitCacheSearchConfig
-from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, check_device, check_guidance,
-                       check_output_file, check_output_folder, for_timesteps, name_flag, resolve_sampling, search_config)
+from .settings import (CLI_FLAGS, DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SCHEDULE_KIND_CHOICES,
+                       check_device, check_guidance, check_output_file, check_output_folder, for_timesteps, name_flag,
+                       resolve_sampling, search_config)
 
 # Pipeline argument names -> the flags that set them, so errors name what the user typed.
 _FLAG_FOR_ARGUMENT: Dict[str, str] = {
@@ -162,7 +163,7 @@ def _run_search(args: argparse.Namespace) -> None:
     adaptor, run_pipeline_and_save_videos, prompts_num = _search_inputs(
         args, cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.max_interval, reuse=args.reuse,
         confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
-        sensitivity_every=args.sensitivity_every)
+        sensitivity_every=args.sensitivity_every, schedule_kind=args.schedule_kind)
     try:
         adaptor.search(run_pipeline_and_save_videos, prompts_num=prompts_num)
     finally:
@@ -219,6 +220,9 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sensitivity-every", type=int, default=DitCacheSearchConfig.sensitivity_every,
                    help="steps between the probe runs measuring each step's sensitivity (1: every step, the most "
                    "thorough; 0: none)")
+    p.add_argument("--schedule-kind", default=DitCacheSearchConfig.schedule_kind, choices=SCHEDULE_KIND_CHOICES,
+                   help="configs searched: block regions, component schedules (sub-layers per step, saved in "
+                   "SmoothCache's format), or any (both, decided on measured speed and PSNR)")
     _add_model_flags(p)
     p.set_defaults(handler=_run_search)
 

@@ -11,9 +11,14 @@ skips the next ``k`` steps for the largest ``k`` whose error is at most
 ``alpha``; the first and last steps always compute. SmoothCache averages the
 errors over blocks into one line per sub-layer; ``per_block=True`` gives each
 block its own line instead.
+
+It also keeps each sub-layer's output size (L1, by step), so the search can
+weigh an error by how much the sub-layer adds to its block's hidden state, and,
+when asked, each sub-layer's own measured time (what skipping it saves).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -26,15 +31,22 @@ from ._patch import InstancePatch
 from .cache.components import active_components
 from .component_config import ComponentCacheConfig
 from .config import check_int
+from .timing import BlockTimer
 
 Key = Tuple[int, str]
 
 
 class ComponentErrors:
-    """``errors[(block, name)][k, t]``: the relative L1 error of reusing step ``t - k``'s output at ``t``."""
+    """``errors[(block, name)][k, t]``: the relative L1 error of reusing step ``t - k``'s output at ``t``.
 
-    def __init__(self, errors: Dict[Key, np.ndarray], lookahead: int) -> None:
+    ``magnitudes[(block, name)][t]``: the L1 size of the output at step ``t`` (summed over passes);
+    ``seconds[(block, name)]``: the sub-layer's time over the run, when it was measured.
+    """
+
+    def __init__(self, errors: Dict[Key, np.ndarray], lookahead: int,
+                 magnitudes: Optional[Dict[Key, np.ndarray]] = None, seconds: Optional[Dict[Key, float]] = None) -> None:
         self.errors, self.lookahead = errors, lookahead
+        self.magnitudes, self.seconds = magnitudes, seconds
         self.steps = next(iter(errors.values())).shape[1]
 
     @property
@@ -82,6 +94,27 @@ class ComponentErrors:
                 lines[name] = self.line(self.mean_over_blocks(name), alpha)
         return ComponentCacheConfig(lines, reuse=reuse)
 
+    def state_dict(self) -> Dict[str, Any]:
+        """Tensors, names and numbers only (a journal reads it back with ``weights_only=True``)."""
+        keys = sorted(self.errors)
+        state: Dict[str, Any] = {
+            "keys": [[block, name] for block, name in keys], "lookahead": self.lookahead,
+            "errors": torch.from_numpy(np.stack([self.errors[key] for key in keys])),
+        }
+        if self.magnitudes is not None:
+            state["magnitudes"] = torch.from_numpy(np.stack([self.magnitudes[key] for key in keys]))
+        if self.seconds is not None:
+            state["seconds"] = [self.seconds[key] for key in keys]
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, Any]) -> "ComponentErrors":
+        keys = [(int(block), str(name)) for block, name in state["keys"]]
+        errors = dict(zip(keys, state["errors"].numpy()))
+        magnitudes = dict(zip(keys, state["magnitudes"].numpy())) if "magnitudes" in state else None
+        seconds = dict(zip(keys, map(float, state["seconds"]))) if "seconds" in state else None
+        return cls(errors, int(state["lookahead"]), magnitudes, seconds)
+
 
 class _Recorder:
     """Per thread: the step and pass counts and the last ``lookahead`` outputs of each sub-layer and pass."""
@@ -91,6 +124,7 @@ class _Recorder:
         self.local = threading.local()
         self.numerators: Dict[Key, np.ndarray] = {}
         self.denominators: Dict[Key, np.ndarray] = {}
+        self.magnitudes: Dict[Key, np.ndarray] = {}
         self.lock = threading.Lock()
 
     def record(self, key: Key, output: torch.Tensor) -> None:
@@ -109,46 +143,55 @@ class _Recorder:
         local.calls[key] = pass_index + 1
         history = local.history.setdefault((pass_index, *key), {})
         current = output.detach().float()
+        size = torch.norm(current, p=1).item()
         with self.lock:
+            self.magnitudes.setdefault(key, np.zeros(self.steps))[step] += size
             numerator = self.numerators.setdefault(key, np.zeros((self.lookahead + 1, self.steps)))
             denominator = self.denominators.setdefault(key, np.zeros((self.lookahead + 1, self.steps)))
             for lag in range(1, self.lookahead + 1):
                 previous = history.get(step - lag)
                 if previous is not None and previous.shape == current.shape:
                     numerator[lag, step] += torch.norm(current - previous, p=1).item()
-                    denominator[lag, step] += torch.norm(current, p=1).item()
+                    denominator[lag, step] += size
         history[step] = current.clone()
         history.pop(step - self.lookahead, None)
 
-    def errors(self) -> ComponentErrors:
+    def errors(self, seconds: Optional[Dict[Key, float]] = None) -> ComponentErrors:
         tables = {}
         for key, numerator in self.numerators.items():
             denominator = self.denominators[key]
             with np.errstate(invalid="ignore", divide="ignore"):
                 tables[key] = np.where(denominator > 0, numerator / denominator, np.nan)
-        return ComponentErrors(tables, self.lookahead)
+        return ComponentErrors(tables, self.lookahead, dict(self.magnitudes), seconds)
 
 
 def calibrate_components(
-    blocks: nn.ModuleList, run: Callable[[], Any], num_sampling_steps: int, lookahead: int = 3
+    blocks: nn.ModuleList, run: Callable[[], Any], num_sampling_steps: int, lookahead: int = 3,
+    time_components: bool = False,
 ) -> ComponentErrors:
-    """Run ``run()`` once uncached with every sub-layer of ``blocks`` recorded; the blocks are restored after."""
+    """Run ``run()`` once uncached with every sub-layer of ``blocks`` recorded; the blocks are restored after.
+
+    ``time_components=True`` also times every sub-layer call (the clock is read inside the recording,
+    so the recording is not billed to the sub-layers).
+    """
     check_int("num_sampling_steps", num_sampling_steps, 2)
     check_int("lookahead", lookahead, 1, num_sampling_steps - 1)
     names = active_components(blocks)
+    keys = [(index, name) for index in range(len(blocks)) for name in names]
+    modules = [getattr(blocks[index], name) for index, name in keys]
     recorder = _Recorder(lookahead, num_sampling_steps)
+    timer = BlockTimer(modules) if time_components else None
     patch = InstancePatch()
-    try:
-        for index, block in enumerate(blocks):
-            for name in names:
-                module = getattr(block, name)
-                patch.set(module, "forward", _recording(recorder, (index, name), module.forward))
-        run()
-    finally:
-        patch.restore()
+    with timer if timer is not None else contextlib.nullcontext():
+        try:
+            for key, module in zip(keys, modules):
+                patch.set(module, "forward", _recording(recorder, key, module.forward))
+            run()
+        finally:
+            patch.restore()
     if not recorder.numerators:
         raise ValueError("calibration recorded nothing: run() never called the blocks' sub-layers")
-    return recorder.errors()
+    return recorder.errors(None if timer is None else dict(zip(keys, timer.seconds)))
 
 
 def _recording(recorder: _Recorder, key: Key, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 REUSE_MODES = tuple(REUSE_RULES)
 REUSE_POINTS = ("region", "output")
 DEFAULT_CACHE_RATIO = 1.3
+SCHEDULE_KINDS = ("region", "component", "any")
 
 
 def check_int(field: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
@@ -199,7 +200,11 @@ class DitCacheSearchConfig:
     on predicted speedups, which carry no run-to-run noise (0: on each candidate's single screening timing
     instead, with no pairs); ``sensitivity_every`` spaces the probe runs that measure how much an
     error at each step reaches the videos, which the ranking then weighs errors by (1: every step,
-    the most thorough; 0: no probes); ``journal_dir`` makes the search resumable.
+    the most thorough; 0: no probes); ``journal_dir`` makes the search resumable;
+    ``schedule_kind`` is the family of configs searched: ``"region"`` (block regions,
+    :class:`DitCacheConfig`), ``"component"`` (sub-layer schedules,
+    :class:`~ditcache.component_config.ComponentCacheConfig`, SmoothCache's format) or ``"any"``
+    (both, the winner chosen on measured speed and PSNR like the rest).
     """
 
     cache_ratio: Optional[float] = None
@@ -214,6 +219,7 @@ class DitCacheSearchConfig:
     sensitivity_every: int = 0
     journal_dir: Optional[str] = None
     reuse_modes: Tuple[str, ...] = ("delta", "taylor1")
+    schedule_kind: str = "region"
 
     def __post_init__(self) -> None:
         if self.min_psnr is None:
@@ -249,6 +255,8 @@ class DitCacheSearchConfig:
         self.reuse_modes = modes
         if self.journal_dir is not None and not isinstance(self.journal_dir, (str, os.PathLike)):
             raise ValueError(f"journal_dir must be a path or None, got {type(self.journal_dir).__name__}")
+        if self.schedule_kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule_kind must be one of {list(SCHEDULE_KINDS)}, got {self.schedule_kind!r}")
 
     @property
     def goal(self) -> str:

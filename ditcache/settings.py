@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence
 
 from .adaptor import AnyCacheConfig, as_cache_config
-from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, DitCacheSearchConfig
+from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, SCHEDULE_KINDS, DitCacheSearchConfig
 
 DEFAULT_REUSE: Sequence[str] = DitCacheSearchConfig.reuse_modes
 REUSE_CHOICES: Sequence[str] = REUSE_MODES
+SCHEDULE_KIND_CHOICES: Sequence[str] = SCHEDULE_KINDS
 DEFAULT_STEPS = 50
 
 
@@ -34,13 +35,15 @@ class Flags:
     candidates_to_run: str
     sensitivity_every: str
     journal: str
+    schedule_kind: str
 
     def for_field(self, field: str) -> Optional[str]:
         """The flag of a :class:`DitCacheSearchConfig` field, if this front end has one."""
         names = {"cache_ratio": self.cache_ratio, "min_psnr": self.min_psnr, "num_sampling_steps": self.steps,
                  "cache_step_interval": self.max_interval, "reuse_modes": self.reuse,
                  "confirm_pairs": self.confirm_pairs, "candidates_to_run": self.candidates_to_run,
-                 "sensitivity_every": self.sensitivity_every, "journal_dir": self.journal}
+                 "sensitivity_every": self.sensitivity_every, "journal_dir": self.journal,
+                 "schedule_kind": self.schedule_kind}
         return names.get(field)
 
 
@@ -48,12 +51,13 @@ CLI_FLAGS = Flags(
     steps="--steps", cache_config="--dit-cache-config", schedule="--schedule-timestep", cache_ratio="--cache-ratio",
     min_psnr="--min-psnr", max_interval="--max-interval", reuse="--reuse", confirm_pairs="--confirm-pairs",
     candidates_to_run="--candidates-to-run", sensitivity_every="--sensitivity-every", journal="--journal",
+    schedule_kind="--schedule-kind",
 )
 SAMPLER_FLAGS = Flags(
     steps="--num_sampling_steps", cache_config="--dit_cache_config", schedule="--schedule_timestep",
     cache_ratio="--cache_ratio", min_psnr="--min_psnr", max_interval="--cache_step_interval", reuse="--reuse",
     confirm_pairs="--confirm_pairs", candidates_to_run="--candidates_to_run", sensitivity_every="--sensitivity_every",
-    journal="--journal_dir",
+    journal="--journal_dir", schedule_kind="--schedule_kind",
 )
 
 
@@ -195,7 +199,8 @@ def search_config(flags: Flags, *, config_path: str, num_sampling_steps: int, ca
                   reuse: Sequence[str] = DEFAULT_REUSE, confirm_pairs: int = DitCacheSearchConfig.confirm_pairs,
                   candidates_to_run: int = DitCacheSearchConfig.candidates_to_run,
                   sensitivity_every: int = DitCacheSearchConfig.sensitivity_every,
-                  journal_dir: Optional[str] = None) -> DitCacheSearchConfig:
+                  journal_dir: Optional[str] = None,
+                  schedule_kind: str = DitCacheSearchConfig.schedule_kind) -> DitCacheSearchConfig:
     """The cache search's config from the flags, checked (ranges, nan) with errors naming the flags."""
     if cache_ratio is not None and min_psnr is not None:
         raise ValueError(f"give either {flags.cache_ratio} (a speedup target) or {flags.min_psnr} "
@@ -205,7 +210,7 @@ def search_config(flags: Flags, *, config_path: str, num_sampling_steps: int, ca
             cache_ratio=cache_ratio, min_psnr=min_psnr,
             num_sampling_steps=num_sampling_steps, cache_step_interval=max_interval, reuse_modes=tuple(reuse),
             confirm_pairs=confirm_pairs, candidates_to_run=candidates_to_run, sensitivity_every=sensitivity_every,
-            journal_dir=journal_dir or journal_beside(config_path),
+            journal_dir=journal_dir or journal_beside(config_path), schedule_kind=schedule_kind,
         )
     except ValueError as err:
         field, _, rest = str(err).partition(" ")

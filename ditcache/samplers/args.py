@@ -8,9 +8,9 @@ from typing import List, Optional
 from ditcache.config import DitCacheSearchConfig
 from ditcache.distributed import DEVICES
 from ditcache.restep.config import METHODS, ReStepSearchConfig
-from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, check_device,
-                               check_guidance, check_output_file, check_output_folder, check_positive, name_flag,
-                               resolve_sampling, search_config)
+from ditcache.settings import (DEFAULT_CACHE_RATIO, DEFAULT_REUSE, REUSE_CHOICES, SAMPLER_FLAGS, SCHEDULE_KIND_CHOICES,
+                               check_device, check_guidance, check_output_file, check_output_folder, check_positive,
+                               name_flag, resolve_sampling, search_config)
 
 # Open-Sora-Plan's --sample_method names, and the bundled pipeline's scheduler for each.
 SAMPLE_METHODS = {
@@ -91,6 +91,9 @@ def search_parser() -> argparse.ArgumentParser:
                         help="dit_cache: most interleaved uncached/cached run pairs confirming the winner's speedup")
     search.add_argument("--sensitivity_every", type=int, default=DitCacheSearchConfig.sensitivity_every,
                         help="dit_cache: steps between sensitivity probes (1: every step, the most thorough; 0: none)")
+    search.add_argument("--schedule_kind", default=DitCacheSearchConfig.schedule_kind, choices=SCHEDULE_KIND_CHOICES,
+                        help="dit_cache: configs searched: block regions, component schedules (SmoothCache's "
+                        "format), or any (both)")
     search.add_argument("--cache_save_path", default="./dit_cache_config.json")
     search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")
@@ -177,6 +180,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
             cache_ratio=args.cache_ratio, min_psnr=args.min_psnr, max_interval=args.cache_step_interval,
             reuse=args.reuse, confirm_pairs=args.confirm_pairs, candidates_to_run=args.candidates_to_run,
             sensitivity_every=args.sensitivity_every, journal_dir=args.journal_dir,
+            schedule_kind=args.schedule_kind,
         )
         check_output_folder("--journal_dir", args.search_config.journal_dir)
     if getattr(args, "search_type", None) == "restep":

@@ -10,31 +10,70 @@ own output at that step (relative to the model's final state instead, regions
 ending in the last blocks look far worse than they are). Each rule's error
 model is in :mod:`ditcache.cache.reuse`. It ranks configs; the best few are
 then run for real.
+
+Component schedules (:mod:`ditcache.search.component_candidates`) are
+candidates too, beside regions: one more family, with its own predictions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..cache.reuse import ResidualHistory, arithmetic_seconds, reuse_rule
+from ..component_config import ComponentCacheConfig
 from ..config import DitCacheConfig
+from . import component_candidates as components
 from .recording import Calibration
+
+AnyConfig = Union[DitCacheConfig, ComponentCacheConfig]
 
 SPARED_ENDS = (0, 1, 2, 3)  # final steps a searched config may run in full
 
 
-def config_key(config: DitCacheConfig) -> str:
-    """A config's name in the search's journal and tables, e.g. ``s0-n12-t20-i2-delta``."""
+def config_key(config: AnyConfig) -> str:
+    """A config's name in the search's journal and tables, e.g. ``s0-n12-t20-i2-delta`` (a component
+    schedule's: :func:`~ditcache.search.component_candidates.component_key`)."""
+    if isinstance(config, ComponentCacheConfig):
+        return components.component_key(config)
     end = "" if config.cache_step_end is None else f"-e{config.cache_step_end}"
     return (f"s{config.cache_block_start}-n{config.cache_num_blocks}-t{config.cache_step_start}"
             f"-i{config.cache_step_interval}-{config.reuse}{end}")
 
 
+def schedule_kind(config: AnyConfig) -> str:
+    """``"component"`` or ``"region"``: the family of configs ``config`` belongs to."""
+    return "component" if isinstance(config, ComponentCacheConfig) else "region"
+
+
+def family(config: AnyConfig) -> tuple:
+    """Configs whose proxies compare well with each other: a region's interval and reuse mode; a component
+    schedule's reuse mode."""
+    if isinstance(config, ComponentCacheConfig):
+        return ("component", config.reuse)
+    return config.cache_step_interval, config.reuse
+
+
+def kind(config: AnyConfig) -> tuple:
+    """Configs that differ only in where they start caching (a region) or how much (a component threshold)."""
+    if isinstance(config, ComponentCacheConfig):
+        return ("component", config.components, components.is_per_block(config), config.reuse)
+    return config.cache_block_start, config.cache_num_blocks, config.cache_step_interval, config.reuse
+
+
+def describe(config: AnyConfig, blocks: int) -> str:
+    """A config in words, for messages."""
+    if isinstance(config, ComponentCacheConfig):
+        return components.describe(config, blocks)
+    end = "" if config.cache_step_end is None else f" to {config.cache_step_end}"
+    return (f"blocks {config.cache_block_start}..{config.cache_block_end}, from step {config.cache_step_start}{end}, "
+            f"interval {config.cache_step_interval}")
+
+
 @dataclass(frozen=True)
 class Candidate:
-    config: DitCacheConfig
+    config: AnyConfig
     predicted_speedup: float
     proxy: float
 
@@ -98,6 +137,15 @@ def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Seque
     return candidates
 
 
+def enumerate_component_candidates(cal: Calibration, reuse_modes: Sequence[str],
+                                   step_weights: Optional[np.ndarray] = None) -> List[Candidate]:
+    """Every component schedule of the sweep with its predicted speedup and proxy."""
+    errors = cal.component_errors()
+    error = components.ErrorModel(errors, step_weights)
+    return [Candidate(config, cal.full_seconds / components.predicted_seconds(cal, errors, config), error(config))
+            for config in components.schedules(errors, reuse_modes)]
+
+
 def pareto_front(candidates: List[Candidate]) -> List[Candidate]:
     """Candidates no other beats on both predicted speedup and proxy, slowest first."""
     ordered = sorted(candidates, key=lambda c: (-c.predicted_speedup, c.proxy))
@@ -114,8 +162,7 @@ def best_for_target(candidates: List[Candidate], target: float, count: int,
                     exclude: Collection[str] = ()) -> List[Candidate]:
     """The ``count`` best-scored candidates predicted to reach ``target`` (default score: lowest proxy).
 
-    One per kind (region, interval, reuse mode), taken in turn from each family (interval, reuse
-    mode), best family first: the proxy compares configs of one family better than configs of
+    One per :func:`kind`, taken in turn from each :func:`family`, best family first: the proxy compares configs of one family better than configs of
     different families, so one family it over-rates must not fill every slot. Keys in ``exclude``
     (configs already run) are skipped.
     """
@@ -124,13 +171,13 @@ def best_for_target(candidates: List[Candidate], target: float, count: int,
     for c in candidates:
         if c.predicted_speedup < target or c.key() in exclude:
             continue
-        kind = (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval, c.config.reuse)
+        its_kind = kind(c.config)
         value = score(c)
-        if kind not in best or value > best[kind][0]:
-            best[kind] = (value, c)
+        if its_kind not in best or value > best[its_kind][0]:
+            best[its_kind] = (value, c)
     families: Dict[tuple, List[Candidate]] = {}
     for _, c in sorted(best.values(), key=lambda pair: -pair[0]):
-        families.setdefault((c.config.cache_step_interval, c.config.reuse), []).append(c)
+        families.setdefault(family(c.config), []).append(c)
     picked: List[Candidate] = []
     for depth in range(max((len(f) for f in families.values()), default=0)):
         picked += [family[depth] for family in families.values() if depth < len(family)]

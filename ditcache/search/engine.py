@@ -9,15 +9,21 @@
    and which one wins; the runner (:mod:`ditcache.search.runner`) makes the runs
    and hands back typed records; under torchrun, :mod:`ditcache.search.ranks`
    has rank 0 decide for every rank.
+
+``schedule_kind`` says which configs are candidates: block regions, component
+schedules (the calibration then also measures every sub-layer, in one more
+uncached run), or both, decided between on measured speed and PSNR alike.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
+from ..cache.components import active_components, known_components
 from ..config import DitCacheSearchConfig, check_int
-from .candidates import enumerate_candidates
+from .candidates import enumerate_candidates, enumerate_component_candidates
 from .journal import Journal, pipeline_modules, weights_fingerprint
 from .ranks import Ranks
 from .records import RunRecord
@@ -53,14 +59,39 @@ class CacheSearch:
             if not saved_enabled:
                 self.adaptor.disable()
 
-    def _runner(self, run_videos: RunVideos, prompts_num: int) -> Runner:
+    def _schedule_kind(self) -> str:
+        """The kind of configs searched: ``schedule_kind``, unless the blocks' sub-layers are unknown.
+
+        Then ``"component"`` is a ``ValueError`` naming the block class and ``"any"`` searches block
+        regions only, with a warning; both before any run.
+        """
+        wanted = self.config.schedule_kind
+        if wanted == "region":
+            return wanted
+        blocks = self.adaptor.blocks
+        try:
+            for index, block in enumerate(blocks):
+                known_components(block, index)
+            if not active_components(blocks):
+                raise ValueError(f"the blocks ({type(blocks[0]).__name__}) have none of their known sub-layers")
+        except ValueError as err:
+            if wanted == "component":
+                raise ValueError(f"schedule_kind='component' cannot be searched: {err}") from None
+            message = f"schedule_kind='any': {err}; searching block regions only"
+            logger.warning(message)
+            warnings.warn(message, stacklevel=4)
+            return "region"
+        return wanted
+
+    def _runner(self, run_videos: RunVideos, prompts_num: int, kind: str = "region") -> Runner:
         if not callable(run_videos):
             raise ValueError(f"run_pipeline_and_save_videos must be callable, got {type(run_videos).__name__}")
         if isinstance(prompts_num, bool) or not isinstance(prompts_num, int) or prompts_num < 1:
             raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
         journal_dir = self.config.journal_dir if self.ranks.is_main else None
-        journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num))
-        return Runner(self.adaptor, self.config, run_videos, prompts_num, journal, self.ranks)
+        journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num, kind))
+        return Runner(self.adaptor, self.config, run_videos, prompts_num, journal, self.ranks,
+                      components=kind != "region")
 
     def profile(self, run_videos: RunVideos, prompts_num: int = 1, every: int = 1) -> SensitivityProfile:
         """Calibrate and probe every ``every``-th step: where caching hurts, by block and step."""
@@ -74,7 +105,8 @@ class CacheSearch:
 
     def run(self, run_videos: RunVideos, prompts_num: int = 1) -> SearchReport:
         started = time.perf_counter()
-        runner = self._runner(run_videos, prompts_num)
+        kind = self._schedule_kind()
+        runner = self._runner(run_videos, prompts_num, kind)
         journal = runner.journal
         with self._adaptor_kept():
             calibration = runner.calibrate()
@@ -82,9 +114,12 @@ class CacheSearch:
             sensitivity = measure(runner, calibration, every) if every else None
             candidates = []
             if self.ranks.is_main:
-                candidates = enumerate_candidates(
-                    calibration, self.config.cache_step_interval, self.config.reuse_modes,
-                    step_weights=None if sensitivity is None else sensitivity.weights())
+                weights = None if sensitivity is None else sensitivity.weights()
+                if kind != "component":
+                    candidates += enumerate_candidates(calibration, self.config.cache_step_interval,
+                                                       self.config.reuse_modes, step_weights=weights)
+                if kind != "region":
+                    candidates += enumerate_component_candidates(calibration, self.config.reuse_modes, weights)
             strategy = Strategy(candidates, self.config, runner, self.ranks.decide, self.ranks.width)
             chosen = strategy.for_speedup() if self.config.min_psnr is None else strategy.for_quality()
         report = SearchReport(
@@ -102,14 +137,18 @@ class CacheSearch:
                 "candidates_ranked": len(candidates),
                 "processes": self.ranks.world_size,
                 **({} if sensitivity is None else {"step_sensitivity": sensitivity.to_dict()}),
+                **({} if calibration.components is None else {
+                    "schedule_kind": kind, "blocks": len(self.adaptor.blocks),
+                    "component_seconds": _component_seconds(calibration)}),
             },
         )
         if self.ranks.is_main:
             logger.info("search done: %s", report.summary())
         return report
 
-    def _inputs(self, prompts_num: int) -> Dict[str, Any]:
-        """What the journal is keyed by before any run: the blocks, steps and prompts, and the weights."""
+    def _inputs(self, prompts_num: int, kind: str) -> Dict[str, Any]:
+        """What the journal is keyed by before any run: the blocks, steps and prompts, the weights, and
+        the kind of configs searched when not block regions (a calibration for components measures more)."""
         if not self.ranks.is_main or self.config.journal_dir is None:
             return {}
         modules = pipeline_modules(self.adaptor.pipeline, self.adaptor.blocks)
@@ -118,4 +157,13 @@ class CacheSearch:
             "num_sampling_steps": self.config.num_sampling_steps,
             "prompts_num": prompts_num,
             "weights": weights_fingerprint(modules),
+            **({} if kind == "region" else {"schedule_kind": kind}),
         }
+
+
+def _component_seconds(calibration: Any) -> Dict[str, float]:
+    """Each sub-layer's measured time over a run, summed over the blocks."""
+    totals: Dict[str, float] = {}
+    for (_, name), seconds in calibration.component_errors().seconds.items():
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals

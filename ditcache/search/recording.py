@@ -11,6 +11,10 @@ rank candidates without running them:
   subset of token rows times a fixed random projection of the channels. A
   sketch is linear, so the sketch of a region's residual ``out_e - in_s`` is
   the difference of two sketches, and its norm estimates the full one's.
+
+A search over component schedules adds one more uncached run
+(:func:`~ditcache.component_calibration.calibrate_components`): each
+sub-layer's error over steps and its own time, kept here as ``components``.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from torch import nn
 from .. import steps
 from .._patch import InstancePatch, observe_forwards
 from ..cache.reuse import time_rules
+from ..component_calibration import ComponentErrors
 from ..streams import BlockStreams, block_streams
 from ..timing import BlockTimer, module_device, synchronize
 
@@ -45,6 +50,13 @@ class Calibration:
     block_in: torch.Tensor  # (passes, steps, blocks, m): sketches of block inputs
     block_out: torch.Tensor  # (passes, steps, blocks, m): sketches of block outputs
     calls: int = field(default=1)  # full runs this cost
+    components: Optional[Dict[str, Any]] = None  # ComponentErrors.state_dict(), with sub-layer times, when measured
+
+    def component_errors(self) -> ComponentErrors:
+        """The sub-layers' measured errors and times (a calibration for component schedules only)."""
+        if self.components is None:
+            raise ValueError("this calibration did not measure the sub-layers (schedule_kind='region')")
+        return ComponentErrors.from_state_dict(self.components)
 
     @classmethod
     def reference_only(cls, videos: List[np.ndarray], full_seconds: float, num_steps: int) -> "Calibration":

@@ -15,15 +15,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..config import DitCacheConfig
-from .candidates import Candidate, config_key
+from ..adaptor import cache_config_from_dict
+from .candidates import AnyConfig, Candidate, config_key, schedule_kind
 
 PAIR_NOISE = 0.02  # the least relative uncertainty claimed for a confirmed speed, however close its pairs fell
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    config: DitCacheConfig
+    config: AnyConfig  # a block region or a component schedule
     predicted_speedup: float
     proxy: float
     seconds: float  # the screening run
@@ -46,6 +46,11 @@ class RunRecord:
     @property
     def key(self) -> str:
         return config_key(self.config)
+
+    @property
+    def kind(self) -> str:
+        """``"region"`` or ``"component"``."""
+        return schedule_kind(self.config)
 
     @property
     def ratios(self) -> Tuple[float, ...]:
@@ -99,6 +104,8 @@ class RunRecord:
             "proxy": self.proxy, "seconds": self.seconds, "measured_speedup": self.measured_speedup,
             "psnr": self.psnr, "ssim": self.ssim, "mse": self.mse, "runs": self.runs,
         }
+        if self.kind != "region":  # a region's record reads as it always did
+            out["kind"] = self.kind
         if self.pairs:
             out.update(pairs=[list(pair) for pair in self.pairs], confirm_ratios=list(self.ratios),
                        confirmed_speedup=self.confirmed_speedup)
@@ -110,7 +117,7 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
         return cls(
-            DitCacheConfig.from_dict(data["config"]), float(data["predicted_speedup"]), float(data["proxy"]),
+            cache_config_from_dict(data["config"], "a journalled run's config"), float(data["predicted_speedup"]), float(data["proxy"]),
             float(data["seconds"]), float(data["measured_speedup"]), float(data["psnr"]), float(data["ssim"]),
             float(data["mse"]), int(data["runs"]), tuple((float(p), float(c)) for p, c in data.get("pairs", ())),
         )

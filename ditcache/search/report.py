@@ -1,4 +1,8 @@
-"""What a search did: the table of every candidate run, saved as JSON, and a plot."""
+"""What a search did: the table of every candidate run, saved as JSON, and a plot.
+
+The config is saved in its kind's own format: a block region as a
+:class:`~ditcache.DitCacheConfig` file, a component schedule in SmoothCache's.
+"""
 from __future__ import annotations
 
 import json
@@ -6,10 +10,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .._atomic import atomic_write, atomic_write_text
+from ..component_config import ComponentCacheConfig
 from ..config import DitCacheConfig
+from .candidates import describe
 
 if TYPE_CHECKING:
     from .records import RunRecord
@@ -22,7 +28,7 @@ class SearchReport:
     """The chosen config and every run the search made to choose it."""
 
     goal: str
-    config: DitCacheConfig
+    config: Union[DitCacheConfig, ComponentCacheConfig]
     chosen: "RunRecord"
     runs: List["RunRecord"]
     full_runs: int  # pipeline runs over all prompts, calibration included
@@ -31,7 +37,10 @@ class SearchReport:
     calibration: Dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
-        """A markdown table of every candidate run, the chosen one marked."""
+        """A markdown table of every candidate run, the chosen one marked (with a kind column when component
+        schedules were run)."""
+        if any(run.kind != "region" for run in self.runs):
+            return self._mixed_table()
         lines = [
             "| block start | blocks | step start | interval | reuse | predicted | measured | confirmed | PSNR dB | SSIM "
             "| MSE | |",
@@ -49,9 +58,27 @@ class SearchReport:
             )
         return "\n".join(lines)
 
+    def _mixed_table(self) -> str:
+        blocks = int(self.calibration.get("blocks", 0))
+        lines = [
+            "| kind | config | predicted | measured | confirmed | PSNR dB | SSIM | MSE | |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for run in sorted(self.runs, key=lambda r: r.measured_speedup):
+            mark = "chosen" if run.key == self.chosen.key else ""
+            confirmed = "" if run.confirmed_speedup is None else f"{run.confirmed_speedup:.3f}x"
+            what = describe(run.config, blocks) + ("" if run.kind == "component" else f", {run.config.reuse}")
+            lines.append(
+                f"| {run.kind} | {what} | {run.predicted_speedup:.3f}x | {run.measured_speedup:.3f}x | {confirmed} | "
+                f"{_fmt(run.psnr)} | {run.ssim:.4f} | {run.mse:.3f} | {mark} |"
+            )
+        return "\n".join(lines)
+
     def summary(self) -> str:
+        chose = self.config.to_dict() if isinstance(self.config, DitCacheConfig) else (
+            "a component schedule: " + describe(self.config, int(self.calibration.get("blocks", 0))))
         return (
-            f"{self.goal}: chose {self.config.to_dict()} -- measured {self.chosen.describe_speed()}, "
+            f"{self.goal}: chose {chose} -- measured {self.chosen.describe_speed()}, "
             f"PSNR {_fmt(self.chosen.psnr)} dB, SSIM {self.chosen.ssim:.4f}; "
             f"{self.full_runs} full runs ({self.resumed_runs} read from the journal), {self.seconds:.1f} s"
         )

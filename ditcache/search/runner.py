@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..component_calibration import calibrate_components
 from ..config import DitCacheSearchConfig
 from ..metrics import check_video, compare_videos, mse, psnr_from_mse
 from ..timing import module_device, timed
@@ -63,12 +64,15 @@ def check_videos(videos: Any, expected: Optional[Sequence[np.ndarray]], prompts_
 
 
 class Runner:
-    """Makes the search's runs on an attached adaptor and returns what they measured."""
+    """Makes the search's runs on an attached adaptor and returns what they measured.
+
+    ``components=True``: the calibration also measures the sub-layers, for component schedules.
+    """
 
     def __init__(self, adaptor: Any, config: DitCacheSearchConfig, run_videos: RunVideos, prompts_num: int,
-                 journal: Journal, ranks: Ranks) -> None:
+                 journal: Journal, ranks: Ranks, components: bool = False) -> None:
         self.adaptor, self.config, self.run_videos, self.prompts_num = adaptor, config, run_videos, prompts_num
-        self.journal, self.ranks = journal, ranks
+        self.journal, self.ranks, self.components = journal, ranks, components
         self.device = module_device(adaptor.blocks[0])
         self.full_runs = 0
         self.resumed = 0
@@ -91,14 +95,14 @@ class Runner:
         if ranks.share(loaded is None):
             if ranks.is_main:
                 calibration = self._measure_calibration()
-            elif ranks.sequence_parallel:  # the other ranks take part in rank 0's two runs
-                self._timed()
-                self._timed()
+            elif ranks.sequence_parallel:  # the other ranks take part in rank 0's runs
+                for _ in range(self._calibration_runs()):
+                    self._timed()
                 calibration = None
             else:  # rank 1 makes the clean run while rank 0 makes the instrumented one
                 ranks.gather(self._timed() if ranks.rank == 1 else None)
                 calibration = None
-            runs = 2
+            runs = self._calibration_runs()
         else:
             calibration, runs = loaded, loaded.calls
             self.resumed += runs
@@ -156,7 +160,9 @@ class Runner:
         again = check_videos(again, calibration.videos, self.prompts_num)
         _check_deterministic(again, calibration.videos)
         calibration.rebase(clean_seconds)
-        calibration.calls = 2
+        if self.components:
+            calibration.components = self._measure_components(calibration.full_seconds)
+        calibration.calls = self._calibration_runs()
         self.journal.save_calibration(calibration)
         logger.info(
             "calibration: %.2f s a run, blocks %.1f%% of it, %d forward passes per step",
@@ -164,6 +170,24 @@ class Runner:
             calibration.passes,
         )
         return calibration
+
+    def _calibration_runs(self) -> int:
+        return 3 if self.components else 2
+
+    def _measure_components(self, full_seconds: float) -> dict:
+        """One more uncached run, recording every sub-layer's output error over steps and its own time.
+
+        Its own run, so that neither the block times nor the sub-layer times carry the other's recording.
+        Consecutive reuses of a sub-layer are looked at up to ``cache_step_interval - 1`` steps apart,
+        as a region's reuse steps are.
+        """
+        steps = self.config.num_sampling_steps
+        lookahead = min(self.config.cache_step_interval - 1, steps - 1)
+        errors = calibrate_components(self.adaptor.blocks, lambda: self.run_videos(self.adaptor.pipeline), steps,
+                                      lookahead, time_components=True)
+        logger.info("calibration: sub-layers %s, %.1f%% of a run", ", ".join(errors.components),
+                    100 * sum(errors.seconds.values()) / full_seconds)
+        return errors.state_dict()
 
     # --- candidate runs ----------------------------------------------------------------
 

@@ -11,6 +11,10 @@ falls short is set aside and the next one confirmed. Predictions are scaled by
 a measured shortfall only when two confirmations agree on one (the milder of
 them: noise only ever slows a run), never from one measurement.
 
+With both block regions and component schedules among the candidates, the
+first round screens each kind's best as if it were searched alone: their
+proxies are in different units, and only real runs compare them.
+
 A quality-floor search probes the predicted Pareto front for the fastest
 config above the floor, then runs faster configs while the runs it made predict
 one of them above the floor (see :meth:`Strategy.for_quality`).
@@ -21,12 +25,12 @@ every decision through ``decide`` (in the search, on rank 0 for every rank).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ..config import DitCacheConfig, DitCacheSearchConfig
-from .candidates import Candidate, best_for_target, pareto_front
+from .candidates import Candidate, best_for_target, describe, family, pareto_front, schedule_kind
 from .ranking import QualityModel
 from .records import RunRecord
 
@@ -59,12 +63,14 @@ def shortfall(confirmed: Sequence[RunRecord]) -> float:
 
 def neighbours(candidates: Sequence[Candidate], pick: Candidate, aim: float) -> List[Candidate]:
     """``pick``'s schedule one step start earlier and later (same region, interval, reuse mode and end),
-    where predicted to reach ``aim``."""
+    where predicted to reach ``aim`` (none for a component schedule)."""
+    if not isinstance(pick.config, DitCacheConfig):
+        return []
     wanted = {pick.config.cache_step_start - 1, pick.config.cache_step_start + 1}
     same = (pick.config.cache_block_start, pick.config.cache_num_blocks, pick.config.cache_step_interval,
             pick.config.reuse, pick.config.cache_step_end)
     found = [c for c in candidates
-             if c.config.cache_step_start in wanted and c.predicted_speedup >= aim
+             if isinstance(c.config, DitCacheConfig) and c.config.cache_step_start in wanted and c.predicted_speedup >= aim
              and (c.config.cache_block_start, c.config.cache_num_blocks, c.config.cache_step_interval,
                   c.config.reuse, c.config.cache_step_end) == same]
     return sorted(found, key=lambda c: c.proxy)
@@ -72,7 +78,13 @@ def neighbours(candidates: Sequence[Candidate], pick: Candidate, aim: float) -> 
 
 def screening_picks(candidates: Sequence[Candidate], aim: float, count: int) -> List[Candidate]:
     """The first round: the best-ranked config reaching ``aim`` and its neighbouring step starts, then
-    the best of other families (:func:`best_for_target`) while slots are left."""
+    the best of other families (:func:`best_for_target`) while slots are left; ``count`` of each kind
+    (block region, component schedule) when both are candidates."""
+    kinds: Dict[str, List[Candidate]] = {}
+    for candidate in candidates:
+        kinds.setdefault(schedule_kind(candidate.config), []).append(candidate)
+    if len(kinds) > 1:
+        return [pick for group in kinds.values() for pick in screening_picks(group, aim, count)]
     ranked = best_for_target(list(candidates), aim, count)
     if not ranked:
         return []
@@ -159,12 +171,11 @@ class Strategy:
     def _fastest_reaching(self, target: float) -> float:
         fastest = max(self.candidates, key=lambda c: c.predicted_speedup)
         if fastest.predicted_speedup < target:
-            c = fastest.config
             raise ValueError(
                 f"cache_ratio={target:g} cannot be reached on this model and setting: the fastest config "
-                f"(blocks {c.cache_block_start}..{c.cache_block_end}, from step {c.cache_step_start}, interval "
-                f"{c.cache_step_interval}) is predicted at {fastest.predicted_speedup:.3f}x from measured "
-                f"block times; ask for at most {fastest.predicted_speedup:.2f}"
+                f"({describe(fastest.config, self.config.dit_block_num or 0)}) is predicted at "
+                f"{fastest.predicted_speedup:.3f}x from measured block and sub-layer times; ask for at most "
+                f"{fastest.predicted_speedup:.2f}"
             )
         return fastest.predicted_speedup
 
@@ -229,11 +240,11 @@ class Strategy:
         hopeful = [c for c in self.candidates
                    if c.predicted_speedup >= least and c.key() not in ran and model(c) >= floor]
         picks = sorted(hopeful, key=lambda c: -c.predicted_speedup)[: self.width]
-        tried = {_family(r.config) for r in seen} | {_family(c.config) for c in picks}
+        tried = {family(r.config) for r in seen} | {family(c.config) for c in picks}
         for candidate in best_for_target(self.candidates, least, len(self.candidates), model, exclude=ran):
-            if _family(candidate.config) not in tried:
+            if family(candidate.config) not in tried:
                 picks.append(candidate)
-                tried.add(_family(candidate.config))
+                tried.add(family(candidate.config))
         return picks
 
     def _probes(self, front: List[Candidate], indices: List[int], seen: List[RunRecord]) -> List[List[Candidate]]:
@@ -241,10 +252,6 @@ class Strategy:
         model = QualityModel(seen)
         return [best_for_target(self.candidates, front[i].predicted_speedup, QUALITY_PROBE_WIDTH, model)
                 for i in indices]
-
-
-def _family(config: DitCacheConfig) -> Tuple[int, str]:
-    return config.cache_step_interval, config.reuse
 
 
 def _thin(front: List[Candidate], step: float) -> List[Candidate]:
