@@ -1,7 +1,5 @@
 """The cache search over component schedules (schedule_kind "component" and "any") on the bundled model."""
 import json
-import statistics
-import time
 
 import pytest
 
@@ -13,7 +11,7 @@ from ditcache.samplers.args import parse
 from ditcache.search.candidates import Candidate, config_key
 from ditcache.search.strategy import Strategy, screening_picks
 from ditcache.video import read_video
-from test_search import Calls, make_pipeline
+from test_search import Calls, make_pipeline, speedup
 from test_search_strategy import SPACE, STEPS as SCRIPTED_STEPS, ScriptedRuns
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,20 +22,6 @@ PROMPT = "a red circle moving right"
 
 def videos(pipe):
     return list(pipe([PROMPT], num_inference_steps=STEPS, seed=0, progress=False).images)
-
-
-def interleaved_speedup(pipe, config, repeats=5):
-    """Median of interleaved (uncached / cached) time ratios."""
-    ratios = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        videos(pipe)
-        plain = time.perf_counter() - start
-        with dit_cache(pipe, config):
-            start = time.perf_counter()
-            videos(pipe)
-            ratios.append(plain / (time.perf_counter() - start))
-    return statistics.median(ratios)
 
 
 @pytest.mark.slow
@@ -57,7 +41,7 @@ def test_a_component_search_meets_its_speed_target_and_its_file_samples(tmp_path
     assert report.full_runs == 3 + sum(run.runs for run in report.runs)
     assert set(report.calibration["component_seconds"]) == {"attn1", "attn2", "ff"}
     assert "| component |" in report.table() and "chosen" in report.table()
-    assert interleaved_speedup(pipe, config) >= 1.3 * 0.95  # re-measured, interleaved (5% for timing noise)
+    assert speedup(pipe, config, calls=videos) >= 1.3 * 0.95  # re-measured, interleaved (5% for timing noise)
 
     written = report.save(str(tmp_path / "schedule.json"))
     saved = json.loads((tmp_path / "schedule.json").read_text())

@@ -43,10 +43,10 @@ class Calls:
         return [to_video(pipe(num_inference_steps=STEPS, batch=1, tokens=256, seed=s)) for s in range(2)]
 
 
-def speedup(pipe, config, repeats=5):
-    """Median of interleaved (uncached / cached) time ratios."""
+def speedup(pipe, config, repeats=5, calls=None):
+    """Median of interleaved (uncached / cached) time ratios of ``calls(pipe)`` (default: :class:`Calls`)."""
     ratios = []
-    calls = Calls()
+    calls = calls or Calls()
     for _ in range(repeats):
         start = time.perf_counter()
         calls(pipe)
