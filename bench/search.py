@@ -41,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,19 +86,26 @@ class Setting:
         return list(pipe(self.prompts, num_inference_steps=self.steps, seed=self.seed, progress=False).images)
 
     def _path(self, config: Optional[DitCacheConfig]) -> str:
-        key = "uncached" if config is None else "-".join(str(v) for v in dict(config).values())
+        if config is None:
+            key = "uncached"
+        elif isinstance(config, DitCacheConfig):
+            key = "-".join(str(v) for v in dict(config).values())
+        else:  # a component schedule
+            key = config_key(config)
         return os.path.join(self.cache, key + ".npz")
 
     def has(self, config: Optional[DitCacheConfig]) -> bool:
         """Whether ``config``'s run is in the cache already."""
         return os.path.exists(self._path(config))
 
-    def videos(self, config: Optional[DitCacheConfig]):
-        path = self._path(config)
+    def videos(self, config: Optional[DitCacheConfig], cached: Optional[Callable[[], ContextManager]] = None,
+               key: Optional[str] = None):
+        """``config``'s videos and run time (``cached``: another cache's context instead, its runs under ``key``)."""
+        path = self._path(config) if key is None else os.path.join(self.cache, key + ".npz")
         if os.path.exists(path):
             data = np.load(path)
             return list(data["videos"]), float(data["seconds"])
-        with dit_cache(self.pipe, config):
+        with (cached or (lambda: dit_cache(self.pipe, config)))():
             started = time.perf_counter()
             videos = self(self.pipe)
             seconds = time.perf_counter() - started
@@ -106,14 +113,15 @@ class Setting:
         os.replace(path + ".tmp.npz", path)
         return videos, seconds
 
-    def speedup(self, config: DitCacheConfig, repeats: int = 5) -> float:
-        """Median of interleaved (uncached / cached) time ratios."""
+    def speedup(self, config: Optional[DitCacheConfig], repeats: int = 5,
+                cached: Optional[Callable[[], ContextManager]] = None) -> float:
+        """Median of interleaved (uncached / cached) time ratios (``cached``: another cache's context)."""
         ratios = []
         for _ in range(repeats):
             started = time.perf_counter()
             self(self.pipe)
             plain = time.perf_counter() - started
-            with dit_cache(self.pipe, config):
+            with (cached or (lambda: dit_cache(self.pipe, config)))():
                 started = time.perf_counter()
                 self(self.pipe)
                 ratios.append(plain / (time.perf_counter() - started))

@@ -59,15 +59,17 @@ def test_a_component_search_meets_its_speed_target_and_its_file_samples(tmp_path
     assert read_video(str(clip)).shape == (8, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_any_screens_both_kinds_on_the_bundled_model():
     pipe = load_bundled_pipeline()
-    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.3, num_sampling_steps=STEPS, speed_margin=0.08,
+    # a target both kinds are predicted to reach with room to spare, so both are screened
+    adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.15, num_sampling_steps=STEPS, speed_margin=0.05,
                                                          schedule_kind="any", candidates_to_run=2))
     config = adaptor.search(videos)
     report = adaptor.last_search
     adaptor.remove()
     assert {run.kind for run in report.runs} == {"region", "component"}
-    assert isinstance(config, (DitCacheConfig, ComponentCacheConfig)) and report.chosen.confirmed_speedup >= 1.3
+    assert isinstance(config, (DitCacheConfig, ComponentCacheConfig)) and report.chosen.confirmed_speedup >= 1.15
     keys = [run.key for run in report.runs]
     assert len(set(keys)) == len(keys)
     assert "| region |" in report.table() and "| component |" in report.table()
