@@ -155,3 +155,30 @@ def test_a_bad_schedule_kind_flag_is_refused(argv, capsys):
     with pytest.raises(SystemExit):
         parse("search", ["--text_prompt", PROMPT, "--schedule_kind", "blocks"])
     assert "invalid choice: 'blocks'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_journal_serves_searches_of_every_kind(tmp_path):
+    pipe = load_bundled_pipeline()
+    calls = []
+
+    def counted(pipeline):
+        calls.append(1)
+        return videos(pipeline)
+
+    def search(kind):
+        adaptor = DitCacheAdaptor(pipe, DitCacheSearchConfig(cache_ratio=1.2, num_sampling_steps=STEPS, confirm_pairs=0,
+                                                             schedule_kind=kind, journal_dir=str(tmp_path / "j")))
+        calls.clear()
+        adaptor.search(counted)
+        adaptor.remove()
+        return adaptor.last_search
+
+    region = search("region")
+    assert len(calls) == 2 + sum(run.runs for run in region.runs)
+    both = search("any")  # the region search's runs stand; the sub-layers are measured in one more run
+    made = {run.key for run in region.runs}
+    assert len(calls) == 2 + sum(run.runs for run in both.runs if run.key not in made)
+    assert both.calibration["component_seconds"] and {run.kind for run in both.runs} == {"region", "component"}
+    again = search("component")  # now nothing more to measure: one run checks the references
+    assert len(calls) == 1 + sum(run.runs for run in again.runs if run.key not in {r.key for r in both.runs})

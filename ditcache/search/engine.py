@@ -89,7 +89,7 @@ class CacheSearch:
         if isinstance(prompts_num, bool) or not isinstance(prompts_num, int) or prompts_num < 1:
             raise ValueError(f"prompts_num must be an int >= 1, got {prompts_num!r}")
         journal_dir = self.config.journal_dir if self.ranks.is_main else None
-        journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num, kind))
+        journal = Journal(None if journal_dir is None else str(journal_dir), self._inputs(prompts_num))
         return Runner(self.adaptor, self.config, run_videos, prompts_num, journal, self.ranks,
                       components=kind != "region")
 
@@ -146,9 +146,12 @@ class CacheSearch:
             logger.info("search done: %s", report.summary())
         return report
 
-    def _inputs(self, prompts_num: int, kind: str) -> Dict[str, Any]:
-        """What the journal is keyed by before any run: the blocks, steps and prompts, the weights, and
-        the kind of configs searched when not block regions (a calibration for components measures more)."""
+    def _inputs(self, prompts_num: int) -> Dict[str, Any]:
+        """What the journal is keyed by before any run: the blocks, steps and prompts, and the weights.
+
+        Not the goal nor the kind of configs searched: searches of every goal and kind share a journal
+        (their runs' keys never collide; a component search adds the sub-layer measurement to a region
+        search's calibration)."""
         if not self.ranks.is_main or self.config.journal_dir is None:
             return {}
         modules = pipeline_modules(self.adaptor.pipeline, self.adaptor.blocks)
@@ -157,7 +160,6 @@ class CacheSearch:
             "num_sampling_steps": self.config.num_sampling_steps,
             "prompts_num": prompts_num,
             "weights": weights_fingerprint(modules),
-            **({} if kind == "region" else {"schedule_kind": kind}),
         }
 
 

@@ -101,6 +101,12 @@ class Journal:
         self.runs = {}
         atomic_write(self._path(CALIBRATION_FILE), lambda tmp: torch.save(calibration.state_dict(), tmp))
 
+    def update_calibration(self, calibration: Calibration) -> None:
+        """Rewrite the calibration with more measured (the same references): the runs made against it stand."""
+        if self.directory is None:
+            return
+        atomic_write(self._path(CALIBRATION_FILE), lambda tmp: torch.save(calibration.state_dict(), tmp))
+
     def add_run(self, record: Dict[str, Any]) -> None:
         self.runs[record["key"]] = record
         if self.directory is None:

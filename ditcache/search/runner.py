@@ -103,9 +103,11 @@ class Runner:
                 ranks.gather(self._timed() if ranks.rank == 1 else None)
                 calibration = None
             runs = self._calibration_runs()
-        else:
-            calibration, runs = loaded, loaded.calls
+        else:  # only rank 0 holds the journal's calibration
+            calibration, runs = loaded, ranks.share(None if loaded is None else loaded.calls)
             self.resumed += runs
+            if ranks.share(self.components and loaded is not None and loaded.components is None):
+                runs += self._add_components(calibration)
         self.full_runs += runs
         if not ranks.is_main and ranks.spread:
             # Spread runs are scored on every rank: they need the references and the time to beat.
@@ -170,6 +172,17 @@ class Runner:
             calibration.passes,
         )
         return calibration
+
+    def _add_components(self, calibration: Optional[Calibration]) -> int:
+        """The sub-layer measurement added to a journal's calibration made for block regions only (its runs
+        stand: a journal serves searches of every kind); the runs it cost."""
+        if self.ranks.is_main:
+            calibration.components = self._measure_components(calibration.full_seconds)
+            calibration.calls += 1
+            self.journal.update_calibration(calibration)
+        elif self.ranks.sequence_parallel:
+            self._timed()
+        return 1
 
     def _calibration_runs(self) -> int:
         return 3 if self.components else 2
