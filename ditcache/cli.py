@@ -86,6 +86,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from .models.pipeline import SCHEDULERS
 
     p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
+    p.add_argument(
+        "--schedule-timestep", "--schedule_timestep", dest="schedule_timestep", metavar="FILE",
+        help="run at the timesteps of a ReStep schedule file (searched_schedule.txt); --steps may be omitted",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--scheduler", default="euler_ancestral", choices=sorted(SCHEDULERS))
@@ -106,10 +110,6 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--dit-cache-config", help="sample with the DiT cache: a JSON config from `ditcache search` (a block "
                    "region), or a component schedule (SmoothCache's format, e.g. from calibration)")
-    p.add_argument(
-        "--schedule-timestep", "--schedule_timestep", dest="schedule_timestep", metavar="FILE",
-        help="sample at the timesteps of a ReStep schedule file (searched_schedule.txt); --steps may be omitted",
-    )
     p.set_defaults(handler=_run_sample)
 
 
@@ -137,19 +137,22 @@ def _search_inputs(args: argparse.Namespace, **search: Any) -> Tuple[Any, Callab
     if not args.out.lower().endswith(".json"):
         raise ValueError(f"--out {args.out!r} is invalid: it must be a .json path")
     prompts = _read_prompts(args.prompts)
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    sampling = resolve_sampling(args.steps, None, args.schedule_timestep, CLI_FLAGS, default_steps=DEFAULT_STEPS)
+    steps, timesteps = sampling.num_steps, sampling.timesteps
     config = search_config(CLI_FLAGS, config_path=args.out, num_sampling_steps=steps, journal_dir=args.journal,
                            **search)
     check_output_file("--out", args.out)
     check_output_folder("--journal", config.journal_dir)
     _check_request(args, prompts, "--prompts", steps)
     pipe = load_bundled_pipeline(args.model, scheduler=args.scheduler, device=args.device)
+    if timesteps is not None:
+        pipe.scheduler = for_timesteps(pipe.scheduler)
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
 
     def run_pipeline_and_save_videos(pipeline):
         return list(pipeline(prompts, num_frames=args.frames, height=args.height, width=args.width,
                              num_inference_steps=steps, guidance_scale=guidance, seed=args.seed,
-                             progress=False).images)
+                             timesteps=timesteps, progress=False).images)
 
     import logging
 

@@ -115,5 +115,8 @@ class ComponentCacheConfig:
 
 
 def is_component_schedule(data: Mapping[str, Any]) -> bool:
-    """Whether a config mapping is a component schedule (list values) rather than a region config."""
-    return any(isinstance(value, list) for key, value in data.items() if key != "reuse")
+    """Whether a config mapping is a component schedule (list values) rather than a region config.
+
+    A region config's lists are its ``timesteps`` (the schedule it was searched on).
+    """
+    return any(isinstance(value, list) for key, value in data.items() if key not in ("reuse", "timesteps"))

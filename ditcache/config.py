@@ -6,9 +6,10 @@ config fails before any block is patched.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from ._atomic import atomic_write_text
 from .cache.reuse import REUSE_RULES
@@ -56,6 +57,27 @@ def read_json(path: PathLike) -> Any:
         raise ValueError(f"cache config file {os.fspath(path)!r} is not valid JSON: {err}") from None
 
 
+TIMESTEP_TOLERANCE = 1e-3  # a schedule file stores t/1000 to 9 digits; float32 schedulers round too
+
+
+def check_timesteps(values: Any, num_sampling_steps: Optional[int]) -> Tuple[float, ...]:
+    """``values`` as a tuple of floats, if they are a list of finite numbers, one per scheduler timestep."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values or not all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise ValueError(f"timesteps must be a non-empty list of finite numbers (the schedule searched on, high noise "
+                         f"first), got {values!r}")
+    # second-order schedulers list 2N - 1 timesteps for N steps
+    if num_sampling_steps is not None and len(values) not in (num_sampling_steps, 2 * num_sampling_steps - 1):
+        raise ValueError(f"timesteps has {len(values)} values, but num_sampling_steps={num_sampling_steps} "
+                         f"(allowed {num_sampling_steps}, or {2 * num_sampling_steps - 1} for a second-order scheduler)")
+    return tuple(float(v) for v in values)
+
+
+def _short(timesteps: Sequence[float]) -> str:
+    shown = ", ".join(f"{t:g}" for t in timesteps[:6])
+    return f"[{shown}{', ...' if len(timesteps) > 6 else ''}] ({len(timesteps)} values)"
+
+
 @dataclass(frozen=True)
 class DitCacheConfig:
     """Which blocks are reused on which steps.
@@ -82,6 +104,13 @@ class DitCacheConfig:
     ``cache_step_end`` (optional) spares the last steps: from that step on every
     block runs again, as before ``cache_step_start``. The final steps' errors
     reach the output least damped. A file without the key caches to the end.
+
+    ``timesteps`` (optional, the search fills it in when the run's scheduler
+    tells them) are the sampling timesteps the config was searched on, high
+    noise first: which steps can be reused depends on where they are, so a run
+    whose scheduler samples other timesteps (a searched ReStep schedule instead
+    of the uniform one, or the reverse) is refused instead of being silently
+    mis-cached.
     """
 
     cache_step_start: int
@@ -92,6 +121,7 @@ class DitCacheConfig:
     reuse: str = "delta"
     cache_step_end: Optional[int] = None
     reuse_at: str = "region"
+    timesteps: Optional[Tuple[float, ...]] = None
 
     _REQUIRED = ("cache_step_start", "cache_step_interval", "cache_block_start", "cache_num_blocks")
 
@@ -120,6 +150,19 @@ class DitCacheConfig:
             raise ValueError(
                 f"reuse_at='output' skips every block, so cache_block_start must be 0, got {self.cache_block_start}"
             )
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", check_timesteps(self.timesteps, self.num_sampling_steps))
+
+    def schedule_mismatch(self, timesteps: Sequence[float]) -> Optional[str]:
+        """Why a run at ``timesteps`` is not the schedule this config was searched on (``None``: it is, or unknown)."""
+        if self.timesteps is None:
+            return None
+        if len(timesteps) == len(self.timesteps) and all(
+                abs(a - b) <= TIMESTEP_TOLERANCE for a, b in zip(timesteps, self.timesteps)):
+            return None
+        return (f"the cache config was searched on the timesteps {_short(self.timesteps)}, but this run samples "
+                f"{_short(timesteps)}; search the cache again on this schedule (ditcache search --schedule-timestep, "
+                "search_t2v_sp --schedule_timestep) or sample on the one it was searched on")
 
     @property
     def cache_block_end(self) -> int:
@@ -135,8 +178,8 @@ class DitCacheConfig:
         return "reuse"
 
     def to_dict(self) -> Dict[str, Any]:
-        """The spec's four keys, plus ``num_sampling_steps``, ``reuse``, ``cache_step_end`` and ``reuse_at`` when
-        not the defaults."""
+        """The spec's four keys, plus ``num_sampling_steps``, ``reuse``, ``cache_step_end``, ``reuse_at`` and
+        ``timesteps`` when not the defaults."""
         out: Dict[str, Any] = {name: getattr(self, name) for name in self._REQUIRED}
         if self.num_sampling_steps is not None:
             out["num_sampling_steps"] = self.num_sampling_steps
@@ -146,6 +189,8 @@ class DitCacheConfig:
             out["cache_step_end"] = self.cache_step_end
         if self.reuse_at != "region":
             out["reuse_at"] = self.reuse_at
+        if self.timesteps is not None:
+            out["timesteps"] = list(self.timesteps)
         return out
 
     def __iter__(self) -> Iterator[Tuple[str, Any]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence
 
 from .adaptor import AnyCacheConfig, as_cache_config
-from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, SCHEDULE_KINDS, DitCacheSearchConfig
+from .config import DEFAULT_CACHE_RATIO, REUSE_MODES, SCHEDULE_KINDS, DitCacheConfig, DitCacheSearchConfig
 
 DEFAULT_REUSE: Sequence[str] = DitCacheSearchConfig.reuse_modes
 REUSE_CHOICES: Sequence[str] = REUSE_MODES
@@ -174,6 +174,11 @@ def resolve_sampling(steps: Optional[int], cache_config_path: Optional[str], sch
     if searched is not None and searched != steps:
         raise ValueError(f"{flags.cache_config} was searched for {searched} steps, but this run has {steps} "
                          f"({flags.steps} / {flags.schedule})")
+    # a config searched on other timesteps than the schedule file's (uniform ones are checked when the run starts)
+    mismatch = cache_config.schedule_mismatch(timesteps) if timesteps is not None and isinstance(
+        cache_config, DitCacheConfig) else None
+    if mismatch is not None:
+        raise ValueError(f"{flags.cache_config} {cache_config_path!r} and {flags.schedule} {schedule_path!r}: {mismatch}")
     return Sampling(steps, cache_config, timesteps)
 
 

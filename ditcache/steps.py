@@ -31,7 +31,7 @@ import inspect
 import threading
 import types
 import weakref
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import torch
 
@@ -48,6 +48,7 @@ class _Clock(threading.local):
         self.index: Optional[int] = None
         self.source: Optional[str] = None  # who started the live run; None: no live run
         self.total: Optional[int] = None  # denoising steps of the run, when its scheduler told
+        self.timesteps: Optional[Tuple[float, ...]] = None  # the run's timesteps, when its scheduler told
         self.scheduler_calls = 0  # step() calls so far, and how many the run makes
         self.scheduler_calls_total: Optional[int] = None
         self.last_timestep: Optional[float] = None  # the transformer's last timestep, in a loop run
@@ -93,6 +94,11 @@ def current_total() -> Optional[int]:
     return _clock.total
 
 
+def current_timesteps() -> Optional[Tuple[float, ...]]:
+    """The timesteps of the calling thread's run (its scheduler's ``timesteps``), when its scheduler told them."""
+    return _clock.timesteps
+
+
 def add_listener(listener: Any) -> None:
     """Register an object with ``on_run_start(total)`` and ``on_run_end(check)`` methods.
 
@@ -121,6 +127,36 @@ def _notify(method: str, *args: Any) -> None:
         raise error
 
 
+class ScheduleWatch:
+    """Inside ``with``: the timesteps of every run started (``None`` for one whose scheduler did not tell them)."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def on_run_start(self, total: Optional[int]) -> None:
+        self.seen.append(_clock.timesteps)
+
+    def on_run_end(self, check: bool) -> None:
+        pass
+
+    def __enter__(self) -> "ScheduleWatch":
+        add_listener(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        remove_listener(self)
+
+    def schedule(self) -> Optional[Tuple[float, ...]]:
+        """The one schedule every run sampled; ``None`` if no run told it; an error if runs sampled different ones."""
+        known = set(self.seen)
+        if not known or None in known:
+            return None
+        if len(known) > 1:
+            raise ValueError(f"the runs sampled {len(known)} different timestep schedules; the cache is searched "
+                             "for one: make every run of the callable use the same timesteps")
+        return known.pop()
+
+
 def end_run(check: bool = True) -> None:
     """End the live run, if any: listeners free its tensors, and check its length when ``check``."""
     live = _clock.source is not None
@@ -133,8 +169,9 @@ def end_run(check: bool = True) -> None:
         _clock.run, _clock.loop_depth = run + 1, depth
 
 
-def start_run(total: Optional[int] = None, source: str = SCHEDULER, scheduler_calls: Optional[int] = None) -> None:
-    """Begin a new run; ``total`` is its number of denoising steps if known.
+def start_run(total: Optional[int] = None, source: str = SCHEDULER, scheduler_calls: Optional[int] = None,
+              timesteps: Optional[Tuple[float, ...]] = None) -> None:
+    """Begin a new run; ``total`` is its number of denoising steps and ``timesteps`` its timesteps, if known.
 
     Inside a ``@timestep_aware`` loop a scheduler does not start runs: the loop does.
     """
@@ -144,6 +181,7 @@ def start_run(total: Optional[int] = None, source: str = SCHEDULER, scheduler_ca
     _clock.source = source
     _clock.index = None if source == LOOP else 0
     _clock.total = total
+    _clock.timesteps = timesteps
     _clock.scheduler_calls_total = scheduler_calls
     _notify("on_run_start", total)
 
@@ -229,11 +267,12 @@ def watch_timesteps(module: Any) -> Callable[[], None]:
 _WRAPPED = "__ditcache_timestep_aware__"
 
 
-def _count_timesteps(scheduler: Any) -> Optional[int]:
+def _scheduler_timesteps(scheduler: Any) -> Optional[Tuple[float, ...]]:
+    """The scheduler's ``timesteps`` as floats, or ``None`` when it has none a run could be checked against."""
     timesteps = getattr(scheduler, "timesteps", None)
     try:
-        return len(timesteps) if timesteps is not None else None
-    except TypeError:
+        return tuple(float(t) for t in timesteps) if timesteps is not None else None
+    except (TypeError, ValueError):
         return None
 
 
@@ -241,10 +280,11 @@ def _wrap_set_timesteps(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def set_timesteps(self: Any, *args: Any, **kwargs: Any) -> T:
         result = method(self, *args, **kwargs)
-        calls = _count_timesteps(self)
+        timesteps = _scheduler_timesteps(self)
+        calls = None if timesteps is None else len(timesteps)
         # Second-order schedulers (Heun, DPM-2) list 2N-1 timesteps for N steps, one step() call each.
         total = (calls + 1) // 2 if calls is not None and hasattr(self, "state_in_first_order") else calls
-        start_run(total, SCHEDULER, calls)
+        start_run(total, SCHEDULER, calls, timesteps)
         return result
 
     setattr(set_timesteps, _WRAPPED, True)

@@ -19,6 +19,7 @@ graph (:mod:`ditcache.cache.graph`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -117,6 +118,7 @@ class CachedRegion:
         self.roles: Tuple[Optional[Tuple[str, int, bool]], ...] = (None,) * len(chain)
         self.order_check: Optional[OrderCheck] = OrderCheck(chain) if chain.discovered else None
         self._rule: Optional[ReuseRule] = None
+        self._unchecked: Optional[DitCacheConfig] = None  # the config last warned about an unchecked schedule
         self._streams: List[Optional[BlockStreams]] = [None] * len(chain)
         self._state = _PassState()
         self._patch = InstancePatch()
@@ -205,6 +207,7 @@ class CachedRegion:
             state.reset(run)
             if steps.current_total() is not None:
                 self._check_steps(steps.current_total(), ended=False)
+            self._check_schedule(steps.current_timesteps())
         if state.head_due:
             head = type(find_output_head(self.chain.owner)).__name__
             raise ValueError(
@@ -227,6 +230,23 @@ class CachedRegion:
         if state.mode == "reuse" and (state.pass_index, 0) not in state.stored:
             state.mode = "store"
         state.head_due = self._at_output and state.mode != "full"
+
+    def _check_schedule(self, timesteps: Optional[Tuple[float, ...]]) -> None:
+        """Refuse a run at other timesteps than the config was searched on; warn once when the run does not tell."""
+        config = self.config
+        if config is None or config.timesteps is None:
+            return
+        if timesteps is None:
+            if self._unchecked is not config:
+                self._unchecked = config
+                warnings.warn(
+                    f"the cache config was searched on the timesteps {list(config.timesteps)}, and this run's step "
+                    "source (set_timestep_idx or a @timestep_aware loop) does not tell its timesteps, so they cannot be "
+                    "checked: the config is mis-cached if the run samples others", stacklevel=4)
+            return
+        mismatch = config.schedule_mismatch(timesteps)
+        if mismatch is not None:
+            raise ValueError(mismatch)
 
     def _check_steps(self, total: int, ended: bool) -> None:
         """Refuse a run of ``total`` steps that does not fit the config (``ended``: known once it ended)."""

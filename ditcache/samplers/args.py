@@ -94,6 +94,8 @@ def search_parser() -> argparse.ArgumentParser:
     search.add_argument("--schedule_kind", default=DitCacheSearchConfig.schedule_kind, choices=SCHEDULE_KIND_CHOICES,
                         help="dit_cache: configs searched: block regions, component schedules (SmoothCache's "
                         "format), or any (both)")
+    search.add_argument("--schedule_timestep", default=None,
+                        help="dit_cache: search on the timesteps of this file (from --search_type restep)")
     search.add_argument("--cache_save_path", default="./dit_cache_config.json")
     search.add_argument("--journal_dir", default=None, help="dit_cache: resumable journal (default: beside the config)")
     search.add_argument("--videos_path", default=None, help="restep: folder of calibration videos")
@@ -189,6 +191,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         check_output_folder("--save_dir", args.save_dir)
         if args.cache_ratio is not None or args.min_psnr is not None:
             raise ValueError("--cache_ratio and --min_psnr belong to --search_type dit_cache")
+        if args.schedule_timestep is not None:
+            raise ValueError("--schedule_timestep belongs to --search_type dit_cache (a restep search makes a schedule)")
         args.restep_config = restep_config(args)
     check_device("--device", args.device)
     if args.backend == "bundled":

@@ -27,7 +27,7 @@ def search_dit_cache(args, context) -> None:
     adaptor = DitCacheAdaptor(backend.pipeline, args.search_config, backend.block_path)
     try:
         with backend.parallel():
-            adaptor.search(lambda pipeline: backend.generate_each(args.prompts), prompts_num=len(args.prompts),
+            adaptor.search(lambda pipeline: backend.generate_each(args.prompts, args.timesteps), prompts_num=len(args.prompts),
                            sequence_parallel=backend.sequence_parallel)
     finally:
         adaptor.remove()

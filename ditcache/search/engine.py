@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Dict, Iterator
 
 from ..cache.components import active_components, known_components
@@ -124,7 +125,8 @@ class CacheSearch:
             chosen = strategy.for_speedup() if self.config.min_psnr is None else strategy.for_quality()
         report = SearchReport(
             goal=self.config.goal,
-            config=chosen.config,
+            # the timesteps searched on, so the config is refused on another schedule
+            config=chosen.config if runner.schedule is None else replace(chosen.config, timesteps=runner.schedule),
             chosen=chosen,
             runs=[RunRecord.from_dict(record) for record in journal.runs.values()],
             full_runs=runner.full_runs,

@@ -7,7 +7,7 @@ What to run is not decided here (:mod:`ditcache.search.strategy`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..component_calibration import calibrate_components
 from ..config import DitCacheSearchConfig
+from ..steps import ScheduleWatch
 from ..metrics import check_video, compare_videos, mse, psnr_from_mse
 from ..timing import module_device, timed
 from .candidates import Candidate
@@ -78,10 +79,24 @@ class Runner:
         self.resumed = 0
         self._journalled: set = set()  # runs of an interrupted search, not yet counted
         self.calibration: Optional[Calibration] = None
+        self.schedule: Optional[Tuple[float, ...]] = None  # the callable's timesteps, when its scheduler tells them
+        self.runs_made = False
         self._show = ranks.is_main
 
     def _timed(self):
-        return timed(lambda: self.run_videos(self.adaptor.pipeline), self.device)
+        with ScheduleWatch() as watch:
+            result = timed(lambda: self.run_videos(self.adaptor.pipeline), self.device)
+        self._note_schedule(watch.schedule())
+        return result
+
+    def _note_schedule(self, schedule: Optional[Tuple[float, ...]]) -> None:
+        """Keep the timesteps the callable samples (the config is stamped with them); a change is an error."""
+        if self.runs_made and schedule != self.schedule:
+            raise ValueError(
+                f"the callable's runs changed timesteps during the search (first {self.schedule}, now {schedule}); "
+                "the cache is searched for one schedule: make every run use the same timesteps"
+            )
+        self.schedule, self.runs_made = schedule, True
 
     # --- calibration -------------------------------------------------------------------
 
