@@ -127,6 +127,7 @@ class DitCacheAdaptor:
         reuse: str = "delta",
         cache_step_end: Optional[int] = None,
         reuse_at: str = "region",
+        timesteps: Optional[Sequence[float]] = None,
     ) -> None:
         """Apply a cache region and step schedule, and turn caching on."""
         self.set_cache_config(
@@ -139,6 +140,7 @@ class DitCacheAdaptor:
                 reuse=reuse,
                 cache_step_end=cache_step_end,
                 reuse_at=reuse_at,
+                timesteps=timesteps,
             )
         )
 

@@ -103,6 +103,7 @@ def test_each_method_searches_and_samples_through_the_samplers(tmp_path, method,
     (["--restep_method", "dp", "--num_sampling_steps", "20", "--teacher_steps", "10"],
      r"--teacher_steps 10 is invalid: must be an int in \[21, 1000\]"),
     (["--monte_carlo_iters", "0"], r"--monte_carlo_iters 0 is invalid: must be an int in \[1, 20\]"),
+    (["--schedule_timestep", "s.txt"], "--schedule_timestep belongs to --search_type dit_cache"),
 ])
 def test_bad_restep_flags_fail_before_any_model_loads(tmp_path, flags, message, capsys):
     from ditcache.samplers.args import parse

@@ -166,6 +166,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
     for name in ("num_frames", "height", "width", "num_sampling_steps", "fps", "timeout", "max_sequence_length"):
         check_positive(f"--{name}", getattr(args, name))
     check_guidance("--guidance_scale", args.guidance_scale)
+    if getattr(args, "search_type", None) == "restep" and args.schedule_timestep is not None:
+        raise ValueError("--schedule_timestep belongs to --search_type dit_cache (a restep search makes a schedule)")
     sampling = resolve_sampling(args.num_sampling_steps, getattr(args, "dit_cache_config", None),
                                 getattr(args, "schedule_timestep", None), SAMPLER_FLAGS)
     args.num_sampling_steps, args.cache_config, args.timesteps = sampling.num_steps, sampling.cache_config, \
@@ -191,8 +193,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> arg
         check_output_folder("--save_dir", args.save_dir)
         if args.cache_ratio is not None or args.min_psnr is not None:
             raise ValueError("--cache_ratio and --min_psnr belong to --search_type dit_cache")
-        if args.schedule_timestep is not None:
-            raise ValueError("--schedule_timestep belongs to --search_type dit_cache (a restep search makes a schedule)")
         args.restep_config = restep_config(args)
     check_device("--device", args.device)
     if args.backend == "bundled":
