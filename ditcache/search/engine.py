@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any, Dict, Iterator
 
 from ..cache.components import active_components, known_components
-from ..config import DitCacheSearchConfig, check_int
+from ..config import DitCacheConfig, DitCacheSearchConfig, check_int
 from .candidates import enumerate_candidates, enumerate_component_candidates
 from .journal import Journal, pipeline_modules, weights_fingerprint
 from .ranks import Ranks
@@ -125,8 +125,9 @@ class CacheSearch:
             chosen = strategy.for_speedup() if self.config.min_psnr is None else strategy.for_quality()
         report = SearchReport(
             goal=self.config.goal,
-            # the timesteps searched on, so the config is refused on another schedule
-            config=chosen.config if runner.schedule is None else replace(chosen.config, timesteps=runner.schedule),
+            # the timesteps searched on, so a region config is refused on another schedule
+            config=replace(chosen.config, timesteps=runner.schedule)
+            if runner.schedule is not None and isinstance(chosen.config, DitCacheConfig) else chosen.config,
             chosen=chosen,
             runs=[RunRecord.from_dict(record) for record in journal.runs.values()],
             full_runs=runner.full_runs,
