@@ -52,6 +52,7 @@ class BlockTimer:
     def __init__(self, blocks: Sequence[nn.Module]) -> None:
         self.blocks = list(blocks)
         self.calls: List[List[float]] = [[] for _ in self.blocks]
+        self.starts: List[List[float]] = [[] for _ in self.blocks]  # when each call began
         self._device = module_device(self.blocks[0])
         self._patch: Optional[InstancePatch] = None
         self._started: List[float] = [0.0] * len(self.blocks)
@@ -72,6 +73,7 @@ class BlockTimer:
     def _after(self, index: int, block: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         synchronize(self._device)
         self.calls[index].append(time.perf_counter() - self._started[index])
+        self.starts[index].append(self._started[index])
 
     @property
     def seconds(self) -> List[float]:

@@ -4,7 +4,9 @@ One uncached run of the user's callable yields everything the search needs to
 rank candidates without running them:
 
 * the time of every block and of the rest of the run (wall clock, device
-  synchronised), with the time spent recording statistics subtracted;
+  synchronised), with the time spent recording statistics subtracted; the
+  loop's time and each block's share of it are medians over forward passes
+  (:meth:`CalibrationRecorder.steady_times`);
 * the time of each reuse rule's own arithmetic per forward pass, measured on
   the real tensors;
 * at every step, a *sketch* of each block's input and output: a fixed random
@@ -122,6 +124,8 @@ class CalibrationRecorder:
         self._records: Dict[Tuple[int, int], Dict[int, Dict[int, Tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._pass_of_step: Dict[Tuple[int, int], int] = {}
         self._current: Optional[Tuple[int, int]] = None
+        self._pass_runs: List[int] = []  # per forward pass over the blocks, in call order: its run
+        self._pass_instrument: List[float] = []  # and the seconds spent recording in it
 
     def __enter__(self) -> "CalibrationRecorder":
         # The timer's wrappers sit inside ours, so our work is not billed to the blocks.
@@ -139,12 +143,16 @@ class CalibrationRecorder:
         started = time.perf_counter()
         self._record(index, module, args, kwargs, output)
         synchronize(self.device)
-        self.instrument_seconds += time.perf_counter() - started
+        spent = time.perf_counter() - started
+        self.instrument_seconds += spent
+        self._pass_instrument[-1] += spent
 
     def _record(self, index: int, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
         step = steps.require_step()
         run = steps.current_run()
         if index == 0:
+            self._pass_runs.append(run)
+            self._pass_instrument.append(0.0)
             key = (run, step)
             pass_index = self._pass_of_step.get(key, 0)
             self._pass_of_step[key] = pass_index + 1
@@ -166,6 +174,31 @@ class CalibrationRecorder:
         self._records.setdefault(self._current, {}).setdefault(step, {})[index] = (sketch_in, sketch_out)
         if self.op_seconds is None and index == len(self.blocks) - 1:
             self.op_seconds = time_rules(inputs, outputs, self.device)
+
+    def steady_times(self, run_seconds: float) -> Tuple[float, List[float]]:
+        """The run's seconds and each block's, with the denoising loop's time and each block's share of it
+        taken as medians over forward passes.
+
+        Another process on the host slows a stretch of the run, blocks and the code between them
+        alike: the share a block takes of its own pass holds through it, and the predicted savings
+        are that share of a typical pass. A pass is the time from one call of the first block to the
+        next within the same run; the time outside passes (encoding, decoding) is taken as measured.
+        """
+        starts, calls = self.timer.starts[0], self.timer.calls
+        if any(len(block_calls) != len(starts) for block_calls in calls) or len(starts) != len(self._pass_runs):
+            return run_seconds, list(self.timer.seconds)
+        windows, shares = [], []
+        for k in range(len(starts) - 1):
+            if self._pass_runs[k] != self._pass_runs[k + 1]:
+                continue
+            window = starts[k + 1] - starts[k] - self._pass_instrument[k]
+            windows.append(window)
+            shares.append([block_calls[k] / window for block_calls in calls])
+        if len(windows) < 3:
+            return run_seconds, list(self.timer.seconds)
+        typical = float(np.median(windows))
+        full = run_seconds - sum(windows) + typical * len(windows)
+        return full, [float(share) * typical * len(starts) for share in np.median(shares, axis=0)]
 
     def stream_names(self) -> Tuple[str, ...]:
         """The streams the first block carries (known once it has run)."""
@@ -205,10 +238,11 @@ class CalibrationRecorder:
             torch.stack([torch.stack([self._records[k][t][b][1] for b in range(num_blocks)]) for t in range(num_steps)])
             for k in trajectories
         ])
+        full_seconds, block_seconds = self.steady_times(run_seconds - self.instrument_seconds)
         return Calibration(
             videos=videos,
-            full_seconds=run_seconds - self.instrument_seconds,
-            block_seconds=list(self.timer.seconds),
+            full_seconds=full_seconds,
+            block_seconds=block_seconds,
             op_seconds=self.op_seconds or {},
             num_steps=num_steps,
             passes=len(trajectories),
