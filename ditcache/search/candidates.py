@@ -90,6 +90,14 @@ def _step_counts(num_steps: int, config: DitCacheConfig) -> tuple:
     return store, cached - store
 
 
+def last_reuse_step(start: int, interval: int, end: int) -> Optional[int]:
+    """The last step a schedule reuses at before ``end`` (``None``: it reuses at none)."""
+    last = end - 1
+    if (last - start) % interval == 0:  # a store step; the one before it reuses (interval >= 2)
+        last -= 1
+    return last if last > start else None
+
+
 def predicted_seconds(cal: Calibration, config: DitCacheConfig) -> float:
     """Run time of ``config`` predicted from the calibration's measured times."""
     store, reuse = _step_counts(cal.num_steps, config)
@@ -124,10 +132,15 @@ def enumerate_candidates(cal: Calibration, max_interval: int, reuse_modes: Seque
             for reuse in reuse_modes:
                 rule = reuse_rule(reuse)
                 for interval in range(2, max_interval + 1):
-                    for spared in spared_ends:
+                    schedules = set()  # (start, last reuse step): sparing only store steps changes nothing
+                    for spared in sorted(spared_ends):
                         end = None if spared == 0 else steps - spared
                         proxies = rule.proxies(history, interval, end or steps, step_weights)
                         for start, proxy in enumerate(proxies.tolist()):
+                            last = last_reuse_step(start, interval, end or steps)
+                            if last is None or (start, last) in schedules:
+                                continue
+                            schedules.add((start, last))
                             config = DitCacheConfig(
                                 cache_step_start=start, cache_step_interval=interval, cache_block_start=s,
                                 cache_num_blocks=e - s + 1, num_sampling_steps=steps, reuse=reuse,
