@@ -9,7 +9,8 @@ search's strategy is then replayed over the ranking of a real calibration, every
 made for real (cached on disk, so the sweep's runs are read back and any other config is run), with
 the speed of each config taken as predicted: this measures how well the search picks, apart from
 how a timing fell (bench/search.py re-measures real searches' picks). For each target the gap is the
-best swept PSNR predicted to reach it minus the pick's PSNR.
+best swept PSNR predicted to reach it minus the pick's PSNR; for each quality floor (``--floors``),
+how much faster (predicted) the fastest swept config above it is than the pick.
 
     python bench/gap.py --scheduler euler_ancestral --held-out-stride 2
     python bench/gap.py --scheduler euler
@@ -105,7 +106,7 @@ def sensitivity(setting: Setting, calibration) -> StepSensitivity:
 def gaps(setting: Setting, calibration, weights: Optional[np.ndarray], targets: Sequence[float],
          swept: Dict[str, float], candidates_to_run: int) -> List[Dict]:
     candidates = enumerate_candidates(calibration, MAX_INTERVAL, REUSE_MODES, (0, 1, 2, 3), weights)
-    predicted = {c.key(): c.predicted_speedup for c in candidates}
+    predicted = {c.key(): c.predicted_speedup for c in candidates}  # a swept schedule enumerated once, under one key
     rows = []
     for target in targets:
         runs = ReplayRuns(setting)
@@ -116,11 +117,34 @@ def gaps(setting: Setting, calibration, weights: Optional[np.ndarray], targets: 
         except ValueError as err:
             rows.append({"target": target, "note": str(err)})
             continue
-        best = max(psnr for key, psnr in swept.items() if predicted[key] >= target)
+        best = max(psnr for key, psnr in swept.items() if predicted.get(key, 0.0) >= target)
         rows.append({"target": target, "config": chosen.key, "config_dict": chosen.config.to_dict(),
                      "predicted": chosen.predicted_speedup,
                      "psnr": chosen.psnr, "sweep_psnr": best, "gap_db": best - chosen.psnr,
                      "runs": len(set(runs.made))})
+    return rows
+
+
+def floor_gaps(setting: Setting, calibration, weights: Optional[np.ndarray], floors: Sequence[float],
+               swept: Dict[str, float], candidates_to_run: int) -> List[Dict]:
+    """Quality-floor searches replayed: each pick's predicted speed against the fastest swept config above
+    the floor (``speed_gap``: how much faster that one is, relative)."""
+    candidates = enumerate_candidates(calibration, MAX_INTERVAL, REUSE_MODES, (0, 1, 2, 3), weights)
+    predicted = {c.key(): c.predicted_speedup for c in candidates}
+    rows = []
+    for floor in floors:
+        runs = ReplayRuns(setting)
+        search = DitCacheSearchConfig(min_psnr=floor, num_sampling_steps=setting.steps,
+                                      candidates_to_run=candidates_to_run)
+        fastest = max(predicted.get(key, 0.0) for key, psnr in swept.items() if psnr >= floor)
+        try:
+            chosen = Strategy(candidates, search, runs).for_quality()
+        except ValueError as err:
+            rows.append({"floor": floor, "note": str(err)})
+            continue
+        rows.append({"floor": floor, "config": chosen.key, "predicted": chosen.predicted_speedup,
+                     "psnr": chosen.psnr, "sweep_fastest": fastest,
+                     "speed_gap": fastest / chosen.predicted_speedup - 1, "runs": len(set(runs.made))})
     return rows
 
 
@@ -138,13 +162,18 @@ def held_out(setting: Setting, rows: List[Dict], configs: Sequence[DitCacheConfi
             continue
         videos, _ = setting.videos(DitCacheConfig.from_dict(row["config_dict"]))
         row["held_out_psnr"] = compare_videos(videos, setting.reference)["psnr"]
-        row["held_out_sweep_psnr"] = max(p for key, p in swept.items() if predicted[key] >= row["target"])
+        row["held_out_sweep_psnr"] = max(p for key, p in swept.items() if predicted.get(key, 0.0) >= row["target"])
         row["held_out_gap_db"] = row["held_out_sweep_psnr"] - row["held_out_psnr"]
 
 
-def summary(rows: List[Dict], mode: str, extra_runs: int) -> Dict:
+def summary(rows: List[Dict], mode: str, extra_runs: int, floor_rows: Sequence[Dict] = ()) -> Dict:
     done = [r for r in rows if "gap_db" in r]
     out = {"mode": mode, "targets": len(done), "runs_per_search": statistics.mean(r["runs"] for r in done) + extra_runs}
+    floors = [r for r in floor_rows if "speed_gap" in r]
+    if floors:
+        out.update({"floors": len(floors), "mean_floor_speed_gap": statistics.mean(r["speed_gap"] for r in floors),
+                    "floors_within_3%": sum(r["speed_gap"] <= 0.03 for r in floors) / len(floors),
+                    "floor_runs_per_search": statistics.mean(r["runs"] for r in floors) + extra_runs})
     for prefix, column in (("", "gap_db"), ("held_out_", "held_out_gap_db")):
         if not all(column in r for r in done):
             continue
@@ -161,6 +190,8 @@ def main(argv=None) -> None:
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--targets", type=float, nargs="+", default=[round(1.2 + 0.05 * i, 2) for i in range(37)])
+    parser.add_argument("--floors", type=float, nargs="+", default=[30.0 + i for i in range(16)],
+                        help="quality floors (dB) whose searches are replayed too")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), ".cache", "search"))
     parser.add_argument("--held-out-stride", type=int, default=0,
@@ -200,9 +231,12 @@ def main(argv=None) -> None:
         rows = gaps(setting, calibration, weights, args.targets, swept, screened)
         if other is not None:
             held_out(other, rows, configs, args.held_out_stride, predicted)
-        results["modes"][mode] = {"summary": summary(rows, mode, extra), "rows": rows}
+        floor_rows = floor_gaps(setting, calibration, weights, args.floors, swept, screened)
+        results["modes"][mode] = {"summary": summary(rows, mode, extra, floor_rows), "rows": rows,
+                                  "floor_rows": floor_rows}
         print(f"\n## {mode}\n" + table(rows, ["target", "config", "predicted", "psnr", "sweep_psnr", "gap_db", "runs",
                                               "held_out_psnr", "held_out_sweep_psnr", "held_out_gap_db", "note"]))
+        print(table(floor_rows, ["floor", "config", "predicted", "psnr", "sweep_fastest", "speed_gap", "runs", "note"]))
     half = args.steps // 2
     subsets = {f"steps 1-{half - 1} and the last": set(range(1, half)) | {args.steps - 1},
                f"steps 1-{half - 1}, then every 4th": set(range(1, half)) | set(range(half, args.steps, 4))
@@ -218,7 +252,8 @@ def main(argv=None) -> None:
     print("\n## summary\n" + table([m["summary"] for m in results["modes"].values()] + results["probe_subsets"],
                                    ["mode", "targets", "mean_gap_db", "max_gap_db", "within_0.3_db",
                                     "gap_at_1.3x", "gap_at_1.5x", "gap_at_2x", "gap_at_2.5x", "runs_per_search",
-                                    "held_out_mean_gap_db", "held_out_within_0.3_db"]))
+                                    "held_out_mean_gap_db", "held_out_within_0.3_db", "mean_floor_speed_gap",
+                                    "floors_within_3%", "floor_runs_per_search"]))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from . import steps
 from ._patch import InstancePatch, observe_forwards
 
 
@@ -52,7 +53,7 @@ class BlockTimer:
     def __init__(self, blocks: Sequence[nn.Module]) -> None:
         self.blocks = list(blocks)
         self.calls: List[List[float]] = [[] for _ in self.blocks]
-        self.starts: List[List[float]] = [[] for _ in self.blocks]  # when each call began
+        self.call_steps: List[List[Optional[int]]] = [[] for _ in self.blocks]  # the denoising step of each call
         self._device = module_device(self.blocks[0])
         self._patch: Optional[InstancePatch] = None
         self._started: List[float] = [0.0] * len(self.blocks)
@@ -73,9 +74,27 @@ class BlockTimer:
     def _after(self, index: int, block: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         synchronize(self._device)
         self.calls[index].append(time.perf_counter() - self._started[index])
-        self.starts[index].append(self._started[index])
+        self.call_steps[index].append(steps.current_step())
 
     @property
     def seconds(self) -> List[float]:
         """Per block: the median call's time times the calls."""
         return [statistics.median(calls) * len(calls) if calls else 0.0 for calls in self.calls]
+
+
+def steady_seconds(wall_seconds: float, passes: Sequence[float], kinds: Sequence[Hashable]) -> float:
+    """A run's seconds with each forward pass of the model at the median pass of its kind.
+
+    ``passes`` are the seconds of the model's forward passes in the run, ``kinds`` what each pass
+    did (steps a cache treats alike are one kind). Another process on the host slows stretches of a
+    run, and only ever slows them: a kind's median pass is what a quiet run's passes of that kind
+    take, so this is the run's time without the stretches, where the whole run's clock swings with
+    them. The time outside the passes (encoding, scheduler steps, decoding) is taken as measured.
+    """
+    if not passes:
+        return wall_seconds
+    by_kind: Dict[Hashable, List[float]] = {}
+    for seconds, kind in zip(passes, kinds):
+        by_kind.setdefault(kind, []).append(seconds)
+    steady = sum(statistics.median(times) * len(times) for times in by_kind.values())
+    return wall_seconds - sum(passes) + steady

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from .._patch import InstancePatch, observe_forwards
 from ..cache.reuse import time_rules
 from ..component_calibration import ComponentErrors
 from ..streams import BlockStreams, block_streams
-from ..timing import BlockTimer, module_device, synchronize
+from ..timing import BlockTimer, module_device, steady_seconds, synchronize
 
 SKETCH_FLOATS = 32768  # floats kept per block boundary, per step and forward pass
 MAX_SKETCH_ROWS = 1024
@@ -124,8 +124,7 @@ class CalibrationRecorder:
         self._records: Dict[Tuple[int, int], Dict[int, Dict[int, Tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._pass_of_step: Dict[Tuple[int, int], int] = {}
         self._current: Optional[Tuple[int, int]] = None
-        self._pass_runs: List[int] = []  # per forward pass over the blocks, in call order: its run
-        self._pass_instrument: List[float] = []  # and the seconds spent recording in it
+        self._pass_instrument: List[float] = []  # per forward pass over the blocks: the seconds spent recording
 
     def __enter__(self) -> "CalibrationRecorder":
         # The timer's wrappers sit inside ours, so our work is not billed to the blocks.
@@ -151,7 +150,6 @@ class CalibrationRecorder:
         step = steps.require_step()
         run = steps.current_run()
         if index == 0:
-            self._pass_runs.append(run)
             self._pass_instrument.append(0.0)
             key = (run, step)
             pass_index = self._pass_of_step.get(key, 0)
@@ -175,30 +173,22 @@ class CalibrationRecorder:
         if self.op_seconds is None and index == len(self.blocks) - 1:
             self.op_seconds = time_rules(inputs, outputs, self.device)
 
-    def steady_times(self, run_seconds: float) -> Tuple[float, List[float]]:
-        """The run's seconds and each block's, with the denoising loop's time and each block's share of it
-        taken as medians over forward passes.
+    def steady_times(self, run_seconds: float, passes: Sequence[float]) -> Tuple[float, List[float]]:
+        """The run's seconds and each block's, from the model's forward ``passes`` (seconds each, in order):
+        a typical pass (the median), and each block's share of its own pass (the median over passes).
 
         Another process on the host slows a stretch of the run, blocks and the code between them
-        alike: the share a block takes of its own pass holds through it, and the predicted savings
-        are that share of a typical pass. A pass is the time from one call of the first block to the
-        next within the same run; the time outside passes (encoding, decoding) is taken as measured.
+        alike: the share a block takes of its pass holds through it, and the predicted savings are
+        that share of a typical pass (see :func:`~ditcache.timing.steady_seconds`).
         """
-        starts, calls = self.timer.starts[0], self.timer.calls
-        if any(len(block_calls) != len(starts) for block_calls in calls) or len(starts) != len(self._pass_runs):
-            return run_seconds, list(self.timer.seconds)
-        windows, shares = [], []
-        for k in range(len(starts) - 1):
-            if self._pass_runs[k] != self._pass_runs[k + 1]:
-                continue
-            window = starts[k + 1] - starts[k] - self._pass_instrument[k]
-            windows.append(window)
-            shares.append([block_calls[k] / window for block_calls in calls])
-        if len(windows) < 3:
-            return run_seconds, list(self.timer.seconds)
+        calls = self.timer.calls
+        if not passes or len(passes) != len(self._pass_instrument) or any(len(c) != len(passes) for c in calls):
+            return run_seconds, list(self.timer.seconds)  # the model ran its blocks other than once a pass
+        windows = [seconds - spent for seconds, spent in zip(passes, self._pass_instrument)]
+        shares = np.median([[block_calls[k] / windows[k] for block_calls in calls] for k in range(len(windows))], axis=0)
         typical = float(np.median(windows))
-        full = run_seconds - sum(windows) + typical * len(windows)
-        return full, [float(share) * typical * len(starts) for share in np.median(shares, axis=0)]
+        full = steady_seconds(run_seconds, windows, [None] * len(windows))
+        return full, [float(share) * typical * len(windows) for share in shares]
 
     def stream_names(self) -> Tuple[str, ...]:
         """The streams the first block carries (known once it has run)."""
@@ -206,8 +196,9 @@ class CalibrationRecorder:
             raise ValueError("the calibration run never called the blocks: does the callable run the pipeline?")
         return self._streams[0].names
 
-    def result(self, videos: List[np.ndarray], run_seconds: float, num_steps: int) -> Calibration:
-        """Assemble the measurements once the run is over."""
+    def result(self, videos: List[np.ndarray], run_seconds: float, num_steps: int,
+               passes: Sequence[float] = ()) -> Calibration:
+        """Assemble the measurements once the run is over; ``passes``: the seconds of the model's forward passes."""
         if not self._records:
             raise ValueError("the calibration run never called the blocks: does the callable run the pipeline?")
         num_blocks = len(self.blocks)
@@ -238,7 +229,7 @@ class CalibrationRecorder:
             torch.stack([torch.stack([self._records[k][t][b][1] for b in range(num_blocks)]) for t in range(num_steps)])
             for k in trajectories
         ])
-        full_seconds, block_seconds = self.steady_times(run_seconds - self.instrument_seconds)
+        full_seconds, block_seconds = self.steady_times(run_seconds - self.instrument_seconds, passes)
         return Calibration(
             videos=videos,
             full_seconds=full_seconds,

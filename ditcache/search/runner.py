@@ -3,21 +3,27 @@
 Every full run the search makes goes through a :class:`Runner`, which scores it
 against the references, journals it at once (an interruption loses only the run
 under way), counts it, and returns a :class:`~ditcache.search.records.RunRecord`.
-What to run is not decided here (:mod:`ditcache.search.strategy`).
+A run's time is its steady time (:func:`~ditcache.timing.steady_seconds`): the
+model's forward passes are timed, each at the median of the passes its cache
+config treats alike, so a stretch slowed by another process does not swing a
+screening timing or a confirmation pair. What to run is not decided here
+(:mod:`ditcache.search.strategy`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..component_calibration import calibrate_components
-from ..config import DitCacheSearchConfig
+from ..component_config import ComponentCacheConfig
+from ..config import DitCacheConfig, DitCacheSearchConfig
 from ..steps import ScheduleWatch
 from ..metrics import check_video, compare_videos, mse, psnr_from_mse
-from ..timing import module_device, timed
+from ..timing import BlockTimer, module_device, steady_seconds, timed
 from .candidates import Candidate
 from .journal import Journal
 from .ranks import Ranks
@@ -26,6 +32,7 @@ from .records import RunRecord, enough_pairs
 from .report import logger
 
 RunVideos = Callable[[Any], List[np.ndarray]]
+CacheConfig = Union[DitCacheConfig, ComponentCacheConfig, None]
 NONDETERMINISM_FLOOR_DB = 45.0  # below this, two uncached runs are not "the same videos"
 
 
@@ -83,11 +90,25 @@ class Runner:
         self.runs_made = False
         self._show = ranks.is_main
 
-    def _timed(self):
+    def _passes_timed(self) -> Tuple[Any, float, List[float], List[Optional[int]]]:
+        """One run: its videos, wall seconds, and the seconds and step of each forward pass of the model."""
+        run = lambda: self.run_videos(self.adaptor.pipeline)  # noqa: E731
+        owner = self.adaptor.chain.owner
         with ScheduleWatch() as watch:
-            result = timed(lambda: self.run_videos(self.adaptor.pipeline), self.device)
+            if not isinstance(owner, nn.Module):  # blocks held by the pipeline itself: no model call to time
+                videos, seconds = timed(run, self.device)
+                passes, at = [], []
+            else:
+                with BlockTimer([owner]) as timer:
+                    videos, seconds = timed(run, self.device)
+                passes, at = timer.calls[0], timer.call_steps[0]
         self._note_schedule(watch.schedule())
-        return result
+        return videos, seconds, passes, at
+
+    def _timed(self, config: CacheConfig = None) -> Tuple[Any, float]:
+        """One run with ``config`` (or uncached) as set: its videos and steady seconds."""
+        videos, seconds, passes, at = self._passes_timed()
+        return videos, steady_seconds(seconds, passes, [step_kind(config, step) for step in at])
 
     def _note_schedule(self, schedule: Optional[Tuple[float, ...]]) -> None:
         """Keep the timesteps the callable samples (the config is stamped with them); a change is an error."""
@@ -157,7 +178,7 @@ class Runner:
         """The instrumented uncached run, then a clean one for timing and a determinism check."""
         self.adaptor.disable()
         with CalibrationRecorder(self.adaptor.blocks) as recorder:
-            videos, seconds = self._timed()
+            videos, seconds, passes, _ = self._passes_timed()
         videos = check_videos(videos, None, self.prompts_num)
         streams = recorder.stream_names()
         if self.config.num_hidden_states != len(streams):
@@ -165,7 +186,7 @@ class Runner:
                 f"num_hidden_states={self.config.num_hidden_states}, but the blocks carry {len(streams)} "
                 f"streams {list(streams)}"
             )
-        calibration = recorder.result([v.copy() for v in videos], seconds, self.config.num_sampling_steps)
+        calibration = recorder.result([v.copy() for v in videos], seconds, self.config.num_sampling_steps, passes)
         # The first run pays for warm-up and the recording; a clean second run gives the time to beat
         # and shows whether the callable makes the same videos every time. When the ranks each hold the
         # model, rank 1 makes it at the same time, under the same conditions as the spread candidate
@@ -249,7 +270,7 @@ class Runner:
     def _screen(self, candidate: Candidate) -> Optional[RunRecord]:
         """One real run of ``candidate``, scored against the references and timed."""
         self.adaptor.set_cache_config(candidate.config)
-        videos, seconds = self._timed()
+        videos, seconds = self._timed(candidate.config)
         self.full_runs += 1
         if self.calibration is None:  # a sequence-parallel helper rank: rank 0 scores the run
             return None
@@ -279,7 +300,7 @@ class Runner:
                     self.adaptor.disable()
                     plain = self._timed()[1]
                     self.adaptor.set_cache_config(record.config)
-                    confirmed = confirmed.with_pair(plain, self._timed()[1])
+                    confirmed = confirmed.with_pair(plain, self._timed(record.config)[1])
                     self.full_runs += 2
                     bar.update()
                     settled = enough_pairs(confirmed, target, most)
@@ -292,6 +313,17 @@ class Runner:
             logger.info("candidate %s: measured %.3fx, confirmed %s", record.key, record.measured_speedup,
                         confirmed.describe_speed())
         return self.ranks.share(confirmed)
+
+
+def step_kind(config: CacheConfig, step: Optional[int]) -> Hashable:
+    """What a run with ``config`` does at ``step``: passes of one kind cost the same."""
+    if config is None or step is None:
+        return "full"
+    if isinstance(config, DitCacheConfig):
+        return config.step_mode(step)
+    if isinstance(config, ComponentCacheConfig) and 0 < step < config.num_sampling_steps:  # step 0 computes all
+        return tuple(line[step] for line in config.schedule.values())
+    return step  # a config this cannot read: each step its own kind (the wall clock)
 
 
 def _check_deterministic(videos: List[np.ndarray], references: List[np.ndarray]) -> None:
