@@ -4,9 +4,9 @@ One uncached run of the user's callable yields everything the search needs to
 rank candidates without running them:
 
 * the time of every block and of the rest of the run (wall clock, device
-  synchronised), with the time spent recording statistics subtracted; the
-  loop's time and each block's share of it are medians over forward passes
-  (:meth:`CalibrationRecorder.steady_times`);
+  synchronised), with the time spent recording statistics subtracted: a
+  typical forward pass of the model and each block's share of its own pass,
+  both medians over the passes (:meth:`CalibrationRecorder.steady_times`);
 * the time of each reuse rule's own arithmetic per forward pass, measured on
   the real tensors;
 * at every step, a *sketch* of each block's input and output: a fixed random
