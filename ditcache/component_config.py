@@ -19,7 +19,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ._atomic import atomic_write_text
 from .config import REUSE_MODES, PathLike, read_json
@@ -86,6 +86,13 @@ class ComponentCacheConfig:
         """Whether ``component`` of block ``block`` is computed at ``step``."""
         line = self.line(component, block)
         return line is None or line[step] == 1
+
+    def step_mode(self, step: int) -> Union[str, Tuple[int, ...]]:
+        """What the schedule does at ``step``: ``"full"`` at step 0 (nothing is kept yet), else the 0/1 entry
+        of every line; steps alike cost the same."""
+        if step == 0:
+            return "full"
+        return tuple(line[step] for line in self.schedule.values())
 
     def to_dict(self) -> Dict[str, Any]:
         """SmoothCache's format, plus ``reuse`` when it is not ``"delta"``."""

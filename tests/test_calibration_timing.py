@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from ditcache import steps
+from ditcache import DitCacheConfig, steps
+from ditcache.component_config import ComponentCacheConfig
 from ditcache.search.recording import CalibrationRecorder
+from ditcache.search.runner import step_kind
 from ditcache.timing import BlockTimer, steady_seconds
 
 STEPS = 10
@@ -77,3 +79,12 @@ def test_steady_seconds_takes_each_kind_of_pass_at_its_median():
     # 2.0 s outside the passes, taken as it was
     assert steady_seconds(sum(passes) + 2.0, passes, kinds) == pytest.approx(2.0 + 4 * 1.0 + 4 * 0.2)
     assert steady_seconds(3.0, [], []) == 3.0  # no passes timed: the wall clock
+
+
+def test_steps_a_config_treats_alike_are_one_kind():
+    region = DitCacheConfig(cache_step_start=2, cache_step_interval=2, cache_block_start=0, cache_num_blocks=2)
+    assert [step_kind(region, t) for t in range(6)] == ["full", "full", "store", "reuse", "store", "reuse"]
+    schedule = ComponentCacheConfig({"attn1": (1, 0, 1, 0), "ff": (0, 0, 1, 1)})
+    # step 0 computes everything whatever the lines say (nothing is kept yet)
+    assert [step_kind(schedule, t) for t in range(4)] == ["full", (0, 0), (1, 1), (0, 1)]
+    assert step_kind(None, 3) == "full" and step_kind(region, None) == "full"

@@ -316,14 +316,8 @@ class Runner:
 
 
 def step_kind(config: CacheConfig, step: Optional[int]) -> Hashable:
-    """What a run with ``config`` does at ``step``: passes of one kind cost the same."""
-    if config is None or step is None:
-        return "full"
-    if isinstance(config, DitCacheConfig):
-        return config.step_mode(step)
-    if isinstance(config, ComponentCacheConfig) and 0 < step < config.num_sampling_steps:  # step 0 computes all
-        return tuple(line[step] for line in config.schedule.values())
-    return step  # a config this cannot read: each step its own kind (the wall clock)
+    """What a run with ``config`` does at ``step`` (its ``step_mode``): passes of one kind cost the same."""
+    return "full" if config is None or step is None else config.step_mode(step)
 
 
 def _check_deterministic(videos: List[np.ndarray], references: List[np.ndarray]) -> None:
